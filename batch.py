@@ -1,0 +1,141 @@
+"""Fill the sentence pool off-peak: `python batch.py -n 200`.
+
+Enqueues batch jobs (each asks the model for many sentences in one call), shows progress
+while the workers drain them, tops up when duplicates or failures leave it short, and ends
+with `new / duplicate / failed`. Exit status: 0 when at least one new sentence was added,
+1 when nothing could be generated, 2 on configuration or Redis errors.
+
+Examples:
+  python batch.py -n 200          # add 200 new sentences and wait for them
+  python batch.py -n 1000 --no-wait   # only enqueue (e.g. from cron); workers do the rest
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import sys
+import time
+
+from redis.exceptions import RedisError
+from rq.job import Job, JobStatus
+
+from hitokoto.config import Config
+from hitokoto.queues import batch_queue, connect, enqueue_batch, worker_count
+from hitokoto.startup import fail, load_config_or_exit, redacted_url
+
+POLL_INTERVAL_S = 0.5
+# Extra model calls allowed beyond the first round, as a multiple of it (duplicates, junk).
+TOP_UP_FACTOR = 1.0
+
+
+@dataclasses.dataclass
+class Tally:
+    new: int = 0
+    duplicate: int = 0
+    failed: int = 0  # model calls that failed
+    rejected: int = 0  # lines of output that were not usable sentences
+    calls: int = 0
+
+    def add(self, job: Job) -> None:
+        self.calls += 1
+        if job.get_status() != JobStatus.FINISHED:
+            self.failed += 1
+            return
+        outcome = job.return_value() or {}
+        self.new += outcome.get("new", 0)
+        self.duplicate += outcome.get("duplicate", 0)
+        self.rejected += outcome.get("rejected", 0)
+        if "error" in outcome:
+            self.failed += 1
+
+    def line(self) -> str:
+        return f"new {self.new} / duplicate {self.duplicate} / failed {self.failed}"
+
+
+def job_sizes(wanted: int, batch_size: int) -> list[int]:
+    """Sentences to ask for per job so that the jobs together ask for `wanted`."""
+    full, rest = divmod(wanted, batch_size)
+    return [batch_size] * full + ([rest] if rest else [])
+
+
+def enqueue_round(queue, config: Config, wanted: int) -> list[str]:
+    return [enqueue_batch(queue, config, size).id for size in job_sizes(wanted, config.batch_size)]
+
+
+def drain(connection, job_ids: list[str], tally: Tally, deadline: float) -> bool:
+    """Wait for the jobs, adding each finished one to the tally. False when time ran out."""
+    pending = list(job_ids)
+    while pending:
+        if time.monotonic() > deadline:
+            return False
+        still_pending = []
+        for job_id, job in zip(pending, Job.fetch_many(pending, connection=connection)):
+            if job is None:  # expired or deleted: counts as a failed call
+                tally.calls += 1
+                tally.failed += 1
+            elif job.is_finished or job.is_failed or job.get_status() in (JobStatus.STOPPED, JobStatus.CANCELED):
+                tally.add(job)
+                print(f"[batch] {tally.calls} call(s) done: {tally.line()}", file=sys.stderr, flush=True)
+            else:
+                still_pending.append(job_id)
+        pending = still_pending
+        if pending:
+            time.sleep(POLL_INTERVAL_S)
+    return True
+
+
+def run(config: Config, wanted: int, wait: bool, timeout_s: float) -> int:
+    connection = connect(config.redis_url)
+    queue = batch_queue(connection)
+    if worker_count(queue) == 0:
+        print("[batch] warning: no worker is listening on the batch queue; start `python worker.py`",
+              file=sys.stderr)  # fmt: skip
+    first_round = enqueue_round(queue, config, wanted)
+    print(f"[batch] enqueued {len(first_round)} job(s) for {wanted} sentence(s)", file=sys.stderr)
+    if not wait:
+        return 0
+    tally = Tally()
+    deadline = time.monotonic() + timeout_s
+    max_calls = len(first_round) + math.ceil(len(first_round) * TOP_UP_FACTOR)
+    round_ids = first_round
+    while True:
+        new_before = tally.new
+        if not drain(connection, round_ids, tally, deadline):
+            print(f"[batch] timed out after {timeout_s:.0f}s; jobs left keep running", file=sys.stderr)
+            break
+        missing = wanted - tally.new
+        calls_left = max_calls - tally.calls
+        if missing <= 0 or calls_left <= 0 or tally.new == new_before:
+            break
+        round_ids = enqueue_round(queue, config, min(missing, calls_left * config.batch_size))
+        print(f"[batch] {missing} short; enqueued {len(round_ids)} more job(s)", file=sys.stderr)
+    print(f"{tally.line()} (rejected lines {tally.rejected}, model calls {tally.calls})")
+    return 0 if tally.new > 0 else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = load_config_or_exit()
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], epilog=__doc__.split("Examples:")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    parser.add_argument("-n", "--num", type=int, default=config.sentence_num,
+                        help=f"new sentences to add (default sentence_num = {config.sentence_num})")
+    parser.add_argument("--no-wait", action="store_true", help="only enqueue, do not wait")
+    parser.add_argument("--timeout", type=float, default=3600,
+                        help="seconds to wait for the workers (default 3600)")
+    args = parser.parse_args(argv)  # fmt: skip
+    if args.num < 1:
+        fail("-n must be at least 1")
+    if not config.model_configured:
+        fail("no model configured: set OPENAI_API_KEY or base_url in config.json")
+    try:
+        return run(config, args.num, wait=not args.no_wait, timeout_s=args.timeout)
+    except RedisError:
+        fail(f"lost connection to Redis at {redacted_url(config.redis_url)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""HitokotoGPT: a self-hosted hitokoto API whose sentences are written by a language model."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from hitokoto.api import cached_bp, instant_bp, request_is_rejected
+from hitokoto.config import Config, load_config
+from hitokoto.errors import register_error_handlers
+from hitokoto.limits import init_limiter, limit_blueprint
+from hitokoto.pool import Pool
+from hitokoto.queues import connect, instant_queue
+from hitokoto.services import Services
+
+MAX_BODY_BYTES = 4096
+# Extra seconds the Redis socket waits beyond instant_timeout, so RQ's blocking read ends first.
+REDIS_WAIT_SLACK_S = 5
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the web app. Without a config, loads config.json (or HITOKOTO_CONFIG).
+
+    Raises ConfigError or PoolError when start-up cannot succeed.
+    """
+    config = config or load_config()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    app.json.ensure_ascii = False
+    if config.trusted_proxies:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.trusted_proxies)
+
+    pool = Pool(config.database)
+    pool.migrate()
+    pool.close()  # gunicorn preloads the app: no SQLite connection may cross the fork
+    redis = connect(config.redis_url, socket_timeout_s=config.instant_timeout + REDIS_WAIT_SLACK_S)
+    app.extensions["hitokoto"] = Services(config, pool, redis, instant_queue(redis))
+
+    register_error_handlers(app)
+    limiter = init_limiter(app, config)
+    limit_blueprint(limiter, instant_bp, config.rate, request_is_rejected)
+    limit_blueprint(limiter, cached_bp, config.rate_cached, request_is_rejected)
+    app.register_blueprint(instant_bp)
+    app.register_blueprint(cached_bp)
+    return app

@@ -1,0 +1,151 @@
+"""The two endpoint families: POST /hitokoto (instant) and POST /hitokoto-cached (pool)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+
+from flask import Blueprint, g, jsonify, request
+from redis.exceptions import RedisError
+from rq.results import Result
+
+from hitokoto.auth import is_authorized
+from hitokoto.errors import ApiError
+from hitokoto.pool import PoolError, Sentence
+from hitokoto.queues import enqueue_instant, wait_for_result, worker_count
+from hitokoto.services import services
+
+log = logging.getLogger("hitokoto")
+
+instant_bp = Blueprint("instant", __name__)
+cached_bp = Blueprint("cached", __name__)
+
+# The boolean field each endpoint accepts besides gptauth.
+FLAG_BY_BLUEPRINT = {"instant": "encycle", "cached": "recycle"}
+
+
+def _parse_request(flag_name: str) -> bool:
+    """Validate content type, JSON shape, field types and the token; return the flag.
+
+    Raises ApiError (415, 400, 401). Oversized bodies raise 413 from Werkzeug.
+    """
+    if request.mimetype != "application/json":
+        raise ApiError(415, "Send the body as JSON with Content-Type: application/json.")
+    try:
+        body = json.loads(request.get_data(cache=True))
+    except (ValueError, RecursionError):
+        raise ApiError(400, "The body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "The body must be a JSON object.")
+    unknown = sorted(set(body) - {"gptauth", flag_name})
+    if unknown:
+        raise ApiError(400, f"Unknown field(s): {', '.join(unknown)}. Allowed: gptauth, {flag_name}.")
+    token = body.get("gptauth")
+    if token is not None and not isinstance(token, str):
+        raise ApiError(400, '"gptauth" must be a string.')
+    flag = body.get(flag_name, False)
+    if not isinstance(flag, bool):
+        raise ApiError(400, f'"{flag_name}" must be true or false.')
+    if not is_authorized(token, services().config.access_token):
+        raise ApiError(401, "Missing or wrong access token (send it as gptauth).")
+    return flag
+
+
+def parsed_flag() -> bool:
+    """The request's flag, validated once per request; raises the cached ApiError."""
+    if "parsed" not in g:
+        flag_name = FLAG_BY_BLUEPRINT[request.blueprint]
+        try:
+            g.parsed = _parse_request(flag_name)
+        except ApiError as error:
+            g.parsed = error
+    if isinstance(g.parsed, ApiError):
+        raise g.parsed
+    return g.parsed
+
+
+def request_is_rejected() -> bool:
+    """For the rate limiter: requests we will refuse anyway do not spend quota."""
+    try:
+        parsed_flag()
+    except ApiError:
+        return True
+    except Exception:  # noqa: BLE001 - e.g. 413 while reading; the view reports it
+        return True
+    return False
+
+
+def sentence_body(sentence: dict, recycled: bool) -> dict:
+    """The success body: hitokoto-API field names plus the seed's `result`."""
+    return {
+        "hitokoto": sentence["text"],
+        "result": sentence["text"],
+        "id": sentence["id"],
+        "uuid": sentence["uuid"],
+        "length": len(sentence["text"]),
+        "source": sentence["source"],
+        "recycled": recycled,
+        "created_at": sentence["created_at"],
+    }
+
+
+_STATUS_BY_JOB_ERROR = {"upstream_error": 502, "unavailable": 503}
+
+
+@instant_bp.route("/hitokoto", methods=["POST"], provide_automatic_options=False)
+def instant():
+    keep_unused = parsed_flag()
+    context = services()
+    if not context.config.model_configured:
+        raise ApiError(
+            503,
+            "No model is configured. Set OPENAI_API_KEY (or api_key in config.json), or point "
+            "base_url at any OpenAI-compatible server.",
+            code="model_not_configured",
+        )
+    try:
+        if worker_count(context.instant_queue) == 0:
+            raise ApiError(503, "No generation worker is running; start one with `python worker.py`.")
+        job = enqueue_instant(context.instant_queue, context.config, keep_unused)
+        result = wait_for_result(job, context.config.instant_timeout)
+    except RedisError as exc:
+        log.error("instant request: Redis unavailable: %s", type(exc).__name__)
+        raise ApiError(503, "The job queue is unavailable; try again shortly.") from None
+    if result is None:
+        log.warning("instant job %s not done within %ss", job.id, context.config.instant_timeout)
+        raise ApiError(504, "Generation is taking too long; the sentence will still be added to the pool.")
+    if result.type != Result.Type.SUCCESSFUL:
+        log.error("instant job %s failed in the worker", job.id)
+        raise ApiError(502, "Generation failed in the worker.")
+    outcome = result.return_value
+    if "error" in outcome:
+        code = outcome["error"]["code"]
+        raise ApiError(_STATUS_BY_JOB_ERROR.get(code, 502), outcome["error"]["message"], code=code)
+    return jsonify(sentence_body(outcome["sentence"], recycled=False))
+
+
+def _pick(recycle: bool) -> tuple[Sentence | None, bool]:
+    pool = services().pool
+    if recycle:
+        sentence = pool.pick_any()
+        return sentence, bool(sentence and sentence.used)
+    sentence = pool.claim_unused()
+    if sentence is not None:
+        return sentence, False
+    return pool.pick_any(), True
+
+
+@cached_bp.route("/hitokoto-cached", methods=["POST"], provide_automatic_options=False)
+def cached():
+    recycle = parsed_flag()
+    try:
+        sentence, recycled = _pick(recycle)
+    except PoolError as exc:
+        log.error("cached request: %s", exc)
+        raise ApiError(503, "The sentence pool is unavailable; try again shortly.") from None
+    if sentence is None:
+        raise ApiError(
+            503, "The pool is empty; fill it with `python batch.py -n 200`.", code="pool_empty"
+        )
+    return jsonify(sentence_body(dataclasses.asdict(sentence), recycled=recycled))

@@ -1,0 +1,326 @@
+"""The sentence pool in SQLite: every SQL statement about sentences lives here.
+
+Unused sentences are tracked in a dense side table ``unused_slots`` whose positions run
+1..k without holes. A no-repeat claim picks a uniform position, takes its sentence and
+moves the last slot into the hole, all inside one ``BEGIN IMMEDIATE`` transaction, so the
+pick is exact, O(log n) and atomic across processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import sqlite3
+import threading
+import unicodedata
+import uuid
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+BUSY_TIMEOUT_MS = 5000
+
+# Applied in order; PRAGMA user_version records how many have run. Append, never edit.
+MIGRATIONS = (
+    """
+    CREATE TABLE sentences (
+        id INTEGER PRIMARY KEY,
+        uuid TEXT NOT NULL UNIQUE,
+        text TEXT NOT NULL,
+        norm_key TEXT NOT NULL UNIQUE,
+        source TEXT NOT NULL CHECK (source IN ('instant', 'batch')),
+        model TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        used INTEGER NOT NULL DEFAULT 0 CHECK (used IN (0, 1)),
+        handed_out_at TEXT
+    );
+    CREATE TABLE unused_slots (
+        pos INTEGER PRIMARY KEY,
+        sentence_id INTEGER NOT NULL UNIQUE REFERENCES sentences(id)
+    );
+    """,
+)
+
+
+class PoolError(Exception):
+    """The pool file cannot be opened, migrated or written (locked, unwritable, corrupt)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sentence:
+    id: int
+    uuid: str
+    text: str
+    source: str
+    model: str
+    created_at: str
+    used: bool
+    handed_out_at: str | None
+
+    @property
+    def length(self) -> int:
+        return len(self.text)
+
+
+@dataclasses.dataclass(frozen=True)
+class AddResult:
+    new: int
+    duplicate: int
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def normalize_key(text: str) -> str:
+    """Key under which exact duplicates collide: width-folded, case-folded, letters and
+    digits only (whitespace and punctuation dropped)."""
+    folded = unicodedata.normalize("NFKC", text).casefold()
+    return "".join(ch for ch in folded if unicodedata.category(ch)[0] in "LN")
+
+
+_SENTENCE_COLUMNS = "id, uuid, text, source, model, created_at, used, handed_out_at"
+
+
+def _to_sentence(row: tuple | None) -> Sentence | None:
+    if row is None:
+        return None
+    return Sentence(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7])
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    # SQLite may already have rolled back on its own (e.g. disk full); ROLLBACK would then fail.
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+class Pool:
+    """A handle on one pool file; safe to share between threads (one connection each)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._local = threading.local()
+
+    # -- connections and schema -------------------------------------------------
+
+    def connect(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use (autocommit; explicit BEGINs)."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+            except sqlite3.Error as exc:
+                raise PoolError(f"cannot open sentence pool {self.path}: {exc}") from None
+            self._local.conn = conn
+        return conn
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    def migrate(self) -> int:
+        """Create or upgrade the schema; returns the schema version. Raises PoolError."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self.connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
+                    for statement in script.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number}")
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            return len(MIGRATIONS)
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            raise PoolError(f"cannot prepare sentence pool {self.path}: {exc}") from None
+
+    def _write(self, work):
+        """Run work(conn) inside BEGIN IMMEDIATE; commit, or roll back on any error."""
+        conn = self.connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise PoolError(f"sentence pool is busy or unwritable: {exc}") from None
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+            return result
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise PoolError(f"sentence pool write failed: {exc}") from None
+        except BaseException:
+            _rollback(conn)
+            raise
+
+    # -- slots ------------------------------------------------------------------
+
+    @staticmethod
+    def _slot_count(conn: sqlite3.Connection) -> int:
+        return conn.execute("SELECT COALESCE(MAX(pos), 0) FROM unused_slots").fetchone()[0]
+
+    @classmethod
+    def _push_slot(cls, conn: sqlite3.Connection, sentence_id: int) -> None:
+        conn.execute(
+            "INSERT INTO unused_slots (pos, sentence_id) VALUES (?, ?)",
+            (cls._slot_count(conn) + 1, sentence_id),
+        )
+
+    @classmethod
+    def _remove_slot(cls, conn: sqlite3.Connection, pos: int) -> int:
+        """Remove the slot at pos, filling the hole with the last slot; returns its sentence id."""
+        last_pos = cls._slot_count(conn)
+        taken_id = conn.execute("SELECT sentence_id FROM unused_slots WHERE pos = ?", (pos,)).fetchone()[0]
+        last_id = conn.execute("SELECT sentence_id FROM unused_slots WHERE pos = ?", (last_pos,)).fetchone()[0]
+        conn.execute("DELETE FROM unused_slots WHERE pos = ?", (last_pos,))
+        if pos != last_pos:
+            conn.execute("UPDATE unused_slots SET sentence_id = ? WHERE pos = ?", (last_id, pos))
+        return taken_id
+
+    @staticmethod
+    def _mark_used(conn: sqlite3.Connection, sentence_id: int) -> None:
+        conn.execute(
+            "UPDATE sentences SET used = 1, handed_out_at = ? WHERE id = ?", (utc_now(), sentence_id)
+        )
+
+    @staticmethod
+    def _fetch(conn: sqlite3.Connection, sentence_id: int) -> Sentence | None:
+        row = conn.execute(
+            f"SELECT {_SENTENCE_COLUMNS} FROM sentences WHERE id = ?", (sentence_id,)
+        ).fetchone()
+        return _to_sentence(row)
+
+    # -- writes -----------------------------------------------------------------
+
+    @staticmethod
+    def _insert(conn: sqlite3.Connection, text: str, source: str, model: str, used: bool) -> int | None:
+        """Insert one sentence; returns its id, or None when its normalised text exists."""
+        cursor = conn.execute(
+            "INSERT OR IGNORE INTO sentences (uuid, text, norm_key, source, model, created_at, used,"
+            " handed_out_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (str(uuid.uuid4()), text, normalize_key(text), source, model, utc_now(), int(used),
+             utc_now() if used else None),
+        )  # fmt: skip
+        return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    def add_instant(self, text: str, model: str, keep_unused: bool) -> tuple[Sentence, bool]:
+        """Store a sentence generated for an instant request.
+
+        keep_unused=True puts it in the no-repeat pool; False stores it as handed out. When the
+        text already exists, the existing row is returned (and, when keep_unused is False,
+        taken out of the unused pool, since this caller has now seen it).
+        Returns (sentence, is_new).
+        """
+
+        def work(conn):
+            new_id = self._insert(conn, text, "instant", model, used=not keep_unused)
+            if new_id is not None:
+                if keep_unused:
+                    self._push_slot(conn, new_id)
+                return self._fetch(conn, new_id), True
+            existing_id = conn.execute(
+                "SELECT id FROM sentences WHERE norm_key = ?", (normalize_key(text),)
+            ).fetchone()[0]
+            if not keep_unused:
+                slot = conn.execute(
+                    "SELECT pos FROM unused_slots WHERE sentence_id = ?", (existing_id,)
+                ).fetchone()
+                if slot is not None:
+                    self._remove_slot(conn, slot[0])
+                    self._mark_used(conn, existing_id)
+            return self._fetch(conn, existing_id), False
+
+        return self._write(work)
+
+    def add_batch(self, texts: Iterable[str], model: str, source: str = "batch") -> AddResult:
+        """Store sentences as unused in one transaction; duplicates are counted, not stored."""
+
+        def work(conn):
+            new = duplicate = 0
+            for text in texts:
+                new_id = self._insert(conn, text, source, model, used=False)
+                if new_id is None:
+                    duplicate += 1
+                else:
+                    self._push_slot(conn, new_id)
+                    new += 1
+            return AddResult(new, duplicate)
+
+        return self._write(work)
+
+    # -- picks ------------------------------------------------------------------
+
+    def claim_unused(self) -> Sentence | None:
+        """Atomically take a uniformly random unused sentence and mark it handed out.
+
+        Returns None when no unused sentence is left. Two callers, in any processes, never
+        receive the same sentence.
+        """
+
+        def work(conn):
+            unused_count = self._slot_count(conn)
+            if unused_count == 0:
+                return None
+            sentence_id = self._remove_slot(conn, random.randint(1, unused_count))
+            self._mark_used(conn, sentence_id)
+            return self._fetch(conn, sentence_id)
+
+        return self._write(work)
+
+    def pick_any(self) -> Sentence | None:
+        """A uniformly random sentence from the whole pool, marking nothing; None when empty.
+
+        Ids are dense (rows are never deleted), so a random id in [min, max] hits a row; the
+        loop rejects misses, which keeps the pick exact even if holes ever appear.
+        """
+        conn = self.connect()
+        low, high = conn.execute("SELECT MIN(id), MAX(id) FROM sentences").fetchone()
+        if low is None:
+            return None
+        for _attempt in range(64):
+            sentence = self._fetch(conn, random.randint(low, high))
+            if sentence is not None:
+                return sentence
+        row = conn.execute(
+            f"SELECT {_SENTENCE_COLUMNS} FROM sentences WHERE id >= ? ORDER BY id LIMIT 1",
+            (random.randint(low, high),),
+        ).fetchone()
+        return _to_sentence(row)
+
+    # -- reads ------------------------------------------------------------------
+
+    def get(self, sentence_id: int) -> Sentence | None:
+        return self._fetch(self.connect(), sentence_id)
+
+    def counts(self) -> tuple[int, int]:
+        """(total sentences, unused sentences), both read from indexes without a scan."""
+        conn = self.connect()
+        total = conn.execute("SELECT COALESCE(MAX(id), 0) FROM sentences").fetchone()[0]
+        return total, self._slot_count(conn)
+
+    def check_integrity(self) -> list[str]:
+        """Problems found in the slot table (empty when consistent). Scans: for tests and ops."""
+        conn = self.connect()
+        problems = []
+        slot_count, max_pos = conn.execute("SELECT COUNT(*), COALESCE(MAX(pos), 0) FROM unused_slots").fetchone()
+        if slot_count != max_pos:
+            problems.append(f"unused slots not dense: {slot_count} rows, max position {max_pos}")
+        unused_rows = conn.execute("SELECT COUNT(*) FROM sentences WHERE used = 0").fetchone()[0]
+        if unused_rows != slot_count:
+            problems.append(f"{unused_rows} unused sentences but {slot_count} slots")
+        orphans = conn.execute(
+            "SELECT COUNT(*) FROM unused_slots s JOIN sentences t ON t.id = s.sentence_id WHERE t.used = 1"
+        ).fetchone()[0]
+        if orphans:
+            problems.append(f"{orphans} slots point at used sentences")
+        return problems

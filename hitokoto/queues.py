@@ -1,0 +1,75 @@
+"""Redis connections and the two RQ queues: `instant` (requests wait on it) and `batch`."""
+
+from __future__ import annotations
+
+from redis import Redis
+from rq import Queue, Worker
+from rq.job import Job
+from rq.results import Result
+
+from hitokoto.config import Config
+
+INSTANT_QUEUE = "instant"
+BATCH_QUEUE = "batch"
+CONNECT_TIMEOUT_S = 2
+# How long finished results and failures stay readable in Redis.
+RESULT_TTL_S = 3600
+FAILURE_TTL_S = 7 * 24 * 3600
+
+
+def connect(redis_url: str, socket_timeout_s: float = 10) -> Redis:
+    """A Redis client that fails fast when Redis is down. Blocking reads must use a
+    socket_timeout longer than the wait, or redis-py gives up before RQ does."""
+    return Redis.from_url(
+        redis_url,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+        socket_timeout=socket_timeout_s,
+        health_check_interval=30,
+    )
+
+
+def instant_queue(connection: Redis) -> Queue:
+    return Queue(INSTANT_QUEUE, connection=connection)
+
+
+def batch_queue(connection: Redis) -> Queue:
+    return Queue(BATCH_QUEUE, connection=connection)
+
+
+def job_timeout_s(config: Config, calls: int = 1) -> int:
+    """Worst case for `calls` model calls with every SDK retry, plus backoff slack."""
+    per_call = config.model_timeout * (config.model_max_retries + 1) + 10 * config.model_max_retries
+    return int(per_call * calls) + 30
+
+
+def enqueue_instant(queue: Queue, config: Config, keep_unused: bool) -> Job:
+    """Queue one instant generation. The job is kept (no TTL) so a request that timed out
+    still gets its sentence into the pool when a worker reaches it."""
+    return queue.enqueue(
+        "hitokoto.jobs.generate_instant",
+        keep_unused,
+        job_timeout=job_timeout_s(config),
+        result_ttl=RESULT_TTL_S,
+        failure_ttl=FAILURE_TTL_S,
+    )
+
+
+def enqueue_batch(queue: Queue, config: Config, count: int) -> Job:
+    """Queue one batch job asking the model for `count` sentences in a single call."""
+    return queue.enqueue(
+        "hitokoto.jobs.generate_batch",
+        count,
+        job_timeout=job_timeout_s(config),
+        result_ttl=RESULT_TTL_S,
+        failure_ttl=FAILURE_TTL_S,
+    )
+
+
+def wait_for_result(job: Job, timeout_s: int) -> Result | None:
+    """Block until the job has a result (success or failure) or timeout_s passes (None)."""
+    return job.latest_result(timeout=timeout_s)
+
+
+def worker_count(queue: Queue) -> int:
+    """Workers registered as listening on this queue."""
+    return Worker.count(connection=queue.connection, queue=queue)

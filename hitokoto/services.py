@@ -1,0 +1,24 @@
+"""What a running web app holds: its config, pool and queue (built once in create_app)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from flask import Flask, current_app
+from redis import Redis
+from rq import Queue
+
+from hitokoto.config import Config
+from hitokoto.pool import Pool
+
+
+@dataclasses.dataclass(frozen=True)
+class Services:
+    config: Config
+    pool: Pool
+    redis: Redis
+    instant_queue: Queue
+
+
+def services(app: Flask | None = None) -> Services:
+    return (app or current_app).extensions["hitokoto"]

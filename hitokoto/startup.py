@@ -1,0 +1,42 @@
+"""Start-up helpers shared by wsgi.py, worker.py and batch.py: fail fast with one line."""
+
+from __future__ import annotations
+
+import sys
+from urllib.parse import urlsplit, urlunsplit
+
+from flask import Flask
+
+from hitokoto.config import Config, ConfigError, load_config
+from hitokoto.pool import PoolError
+
+
+def fail(message: str, status: int = 2) -> None:
+    """Print one line to stderr and exit; used for every start-up failure."""
+    print(f"hitokoto: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(status)
+
+
+def load_config_or_exit() -> Config:
+    try:
+        return load_config()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def create_app_or_exit() -> Flask:
+    from hitokoto import create_app
+
+    try:
+        return create_app(load_config_or_exit())
+    except (ConfigError, PoolError) as exc:
+        fail(str(exc))
+
+
+def redacted_url(url: str) -> str:
+    """A URL safe to print: any password is replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,48 @@
+"""Helpers the tests share: polling, addresses, requests, pool filling."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+
+from hitokoto.pool import Pool
+
+ACCESS_TOKEN = "test-token-" + "x" * 24
+API_KEY = "sk-test-" + "k" * 24
+
+
+def wait_until(condition, timeout_s: float = 15, interval_s: float = 0.05, message: str = "condition"):
+    """Poll condition() until it returns something truthy; fail the test after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def client_for(app, ip: str | None = None):
+    """A test client from its own address, so rate limits of other tests do not leak in."""
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = ip or f"10.{uuid.uuid4().int % 250}.{uuid.uuid4().int % 250}.7"
+    return client
+
+
+def post(client, path: str, body=None, **kwargs):
+    """POST a JSON body with the right token unless the test says otherwise."""
+    payload = {"gptauth": ACCESS_TOKEN} if body is None else body
+    return client.post(path, json=payload, **kwargs)
+
+
+def fill(pool: Pool, count: int, prefix: str = "池中句") -> tuple[int, int]:
+    """Add `count` unique unused sentences; returns the pool's (total, unused) counts."""
+    pool.add_batch([f"{prefix}{number}号：答案藏在问题里" for number in range(count)], model="fill")
+    return pool.counts()

@@ -1,0 +1,145 @@
+"""The SQLite pool: uniform atomic claims, recycling, dedup, schema."""
+
+import collections
+import multiprocessing
+import random
+import shutil
+
+import pytest
+
+from hitokoto.pool import MIGRATIONS, Pool, PoolError, normalize_key
+from tests.helpers import fill
+
+
+@pytest.fixture
+def pool(tmp_path):
+    store = Pool(tmp_path / "pool.db")
+    store.migrate()
+    return store
+
+
+def test_empty_pool_has_nothing_to_claim_or_pick(pool):
+    assert pool.claim_unused() is None
+    assert pool.pick_any() is None
+    assert pool.counts() == (0, 0)
+
+
+def test_every_sentence_is_claimed_exactly_once_then_none(pool):
+    fill(pool, 50)
+    claimed = [pool.claim_unused() for _ in range(50)]
+    assert len({sentence.id for sentence in claimed}) == 50
+    assert all(sentence.used and sentence.handed_out_at for sentence in claimed)
+    assert pool.claim_unused() is None
+    assert pool.check_integrity() == []
+
+
+def test_pick_any_marks_nothing(pool):
+    fill(pool, 5)
+    for _ in range(20):
+        assert pool.pick_any() is not None
+    assert pool.counts() == (5, 5)
+
+
+@pytest.mark.parametrize(
+    "first, second",
+    [("人生如戏。", "人生如戏"), ("ＡＢＣ，好", "abc 好"), ("  风  起了 ", "风起了！"), ("“雪”", "雪")],
+)
+def test_exact_duplicates_after_normalising_are_stored_once(pool, first, second):
+    assert normalize_key(first) == normalize_key(second)
+    result = pool.add_batch([first, second], model="m")
+    assert (result.new, result.duplicate) == (1, 1)
+    assert pool.counts() == (1, 1)
+
+
+def test_instant_sentence_kept_unused_enters_no_repeat_pool(pool):
+    sentence, is_new = pool.add_instant("一句新话", model="m", keep_unused=True)
+    assert is_new and not sentence.used
+    assert pool.claim_unused().id == sentence.id
+
+
+def test_instant_sentence_not_kept_is_stored_as_used(pool):
+    sentence, _ = pool.add_instant("一句旧话", model="m", keep_unused=False)
+    assert sentence.used
+    assert pool.claim_unused() is None
+    assert pool.get(sentence.id).text == "一句旧话"
+
+
+def test_instant_duplicate_of_unused_sentence_takes_it_out_of_the_pool(pool):
+    pool.add_batch(["重复的话"], model="m")
+    sentence, is_new = pool.add_instant("重复的话。", model="m", keep_unused=False)
+    assert not is_new and sentence.used
+    assert pool.claim_unused() is None
+    assert pool.check_integrity() == []
+
+
+def test_claims_are_uniform_over_interleaved_used_and_unused(tmp_path):
+    """A sentence after a long used stretch must not be favoured (SPEC §5): chi-square over
+    1,000 first claims from copies of one pool whose 20 unused rows sit among 180 used."""
+    random.seed(20261125)
+    template = Pool(tmp_path / "template.db")
+    template.migrate()
+    fill(template, 200)
+    for _ in range(180):
+        template.claim_unused()
+    template.close()  # checkpoints the WAL so a file copy is the whole pool
+    trials, buckets = 1000, 20
+    first_claims = collections.Counter()
+    for _ in range(trials):
+        shutil.copyfile(template.path, tmp_path / "trial.db")
+        trial_pool = Pool(tmp_path / "trial.db")
+        first_claims[trial_pool.claim_unused().id] += 1
+        trial_pool.close()
+    expected = trials / buckets
+    chi_square = sum((count - expected) ** 2 / expected for count in first_claims.values())
+    assert len(first_claims) == buckets
+    assert chi_square < 43.8  # df=19, p=0.001
+
+
+def _drain(path, results):
+    store = Pool(path)
+    claimed = []
+    while (sentence := store.claim_unused()) is not None:
+        claimed.append(sentence.id)
+    results.put(claimed)
+
+
+def test_concurrent_processes_never_receive_the_same_unused_sentence(tmp_path):
+    """Six processes drain a 500-sentence pool at once: each sentence goes out exactly once."""
+    store = Pool(tmp_path / "pool.db")
+    store.migrate()
+    fill(store, 500)
+    store.close()
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    processes = [context.Process(target=_drain, args=(store.path, results)) for _ in range(6)]
+    for process in processes:
+        process.start()
+    claimed_lists = [results.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    all_claimed = [sentence_id for claimed in claimed_lists for sentence_id in claimed]
+    assert len(all_claimed) == 500
+    assert len(set(all_claimed)) == 500
+    assert sum(1 for claimed in claimed_lists if claimed) >= 2  # they really ran side by side
+    assert Pool(store.path).check_integrity() == []
+
+
+def test_schema_version_is_recorded_and_migration_is_idempotent(pool):
+    assert pool.migrate() == len(MIGRATIONS)
+    version = pool.connect().execute("PRAGMA user_version").fetchone()[0]
+    assert version == len(MIGRATIONS)
+    assert pool.connect().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_corrupt_file_fails_with_pool_error(tmp_path):
+    path = tmp_path / "broken.db"
+    path.write_bytes(b"this is not a sqlite database" * 100)
+    with pytest.raises(PoolError, match="broken.db"):
+        Pool(path).migrate()
+
+
+def test_unwritable_location_fails_with_pool_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(PoolError):
+        Pool(blocker / "sub" / "pool.db").migrate()
