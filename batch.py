@@ -71,11 +71,15 @@ def drain(connection, job_ids: list[str], tally: Tally, deadline: float) -> bool
         if time.monotonic() > deadline:
             return False
         still_pending = []
-        for job_id, job in zip(pending, Job.fetch_many(pending, connection=connection)):
+        for job_id, job in zip(pending, Job.fetch_many(pending, connection=connection), strict=True):
             if job is None:  # expired or deleted: counts as a failed call
                 tally.calls += 1
                 tally.failed += 1
-            elif job.is_finished or job.is_failed or job.get_status() in (JobStatus.STOPPED, JobStatus.CANCELED):
+            elif (
+                job.is_finished
+                or job.is_failed
+                or job.get_status() in (JobStatus.STOPPED, JobStatus.CANCELED)
+            ):
                 tally.add(job)
                 print(f"[batch] {tally.calls} call(s) done: {tally.line()}", file=sys.stderr, flush=True)
             else:
@@ -90,8 +94,10 @@ def run(config: Config, wanted: int, wait: bool, timeout_s: float) -> int:
     connection = connect(config.redis_url)
     queue = batch_queue(connection)
     if worker_count(queue) == 0:
-        print("[batch] warning: no worker is listening on the batch queue; start `python worker.py`",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "[batch] warning: no worker is listening on the batch queue; start `python worker.py`",
+            file=sys.stderr,
+        )
     first_round = enqueue_round(queue, config, wanted)
     print(f"[batch] enqueued {len(first_round)} job(s) for {wanted} sentence(s)", file=sys.stderr)
     if not wait:
@@ -116,17 +122,24 @@ def run(config: Config, wanted: int, wait: bool, timeout_s: float) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    config = load_config_or_exit()
+    config = load_config_or_exit(web=False)
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], epilog=__doc__.split("Examples:")[1],
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__.split("Examples:")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
-    parser.add_argument("-n", "--num", type=int, default=config.sentence_num,
-                        help=f"new sentences to add (default sentence_num = {config.sentence_num})")
+    )
+    parser.add_argument(
+        "-n",
+        "--num",
+        type=int,
+        default=config.sentence_num,
+        help=f"new sentences to add (default sentence_num = {config.sentence_num})",
+    )
     parser.add_argument("--no-wait", action="store_true", help="only enqueue, do not wait")
-    parser.add_argument("--timeout", type=float, default=3600,
-                        help="seconds to wait for the workers (default 3600)")
-    args = parser.parse_args(argv)  # fmt: skip
+    parser.add_argument(
+        "--timeout", type=float, default=3600, help="seconds to wait for the workers (default 3600)"
+    )
+    args = parser.parse_args(argv)
     if args.num < 1:
         fail("-n must be at least 1")
     if not config.model_configured:

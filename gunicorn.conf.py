@@ -24,3 +24,5 @@ graceful_timeout = 30
 keepalive = 5
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# One shared $HOME/.gunicorn/gunicorn.ctl would clash between instances; we do not use it.
+control_socket_disable = True

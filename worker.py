@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 
+from redis.exceptions import RedisError
 from rq import SimpleWorker
 
 import hitokoto.jobs  # noqa: F401 - imports openai once, before forking the worker processes
@@ -31,7 +32,7 @@ WORKER_TTL_S = 60
 
 def run_worker(queue_names: list[str], burst: bool) -> None:
     """Body of one worker process: a SimpleWorker on the given queues, in priority order."""
-    config = load_config_or_exit()
+    config = load_config_or_exit(web=False)
     hitokoto.jobs.worker_context()  # build the SDK client and open the pool before any job
     connection = connect(config.redis_url, socket_timeout_s=30)
     worker = SimpleWorker(queue_names, connection=connection, worker_ttl=WORKER_TTL_S)
@@ -79,26 +80,42 @@ def _kill(process: multiprocessing.Process, signum: int) -> None:
         pass
 
 
+def wait_for_redis(redis_url: str, timeout_s: float) -> bool:
+    """True once Redis answers; Redis may be starting beside us (honcho, containers)."""
+    connection = connect(redis_url)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return connection.ping()
+        except RedisError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--workers", type=int, default=1,
-                        help="processes taking instant then batch jobs (default 1)")
-    parser.add_argument("--instant-workers", type=int, default=1,
-                        help="processes taking only instant jobs (default 1)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes taking instant then batch jobs (default 1)"
+    )
+    parser.add_argument(
+        "--instant-workers", type=int, default=1, help="processes taking only instant jobs (default 1)"
+    )
     parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
-    args = parser.parse_args(argv)  # fmt: skip
+    parser.add_argument(
+        "--redis-wait", type=float, default=20, help="seconds to wait for Redis at start-up (default 20)"
+    )
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    config = load_config_or_exit()
+    config = load_config_or_exit(web=False)
     try:
         pool = Pool(config.database)
         pool.migrate()
         pool.close()  # each process opens its own connection after the fork
     except PoolError as exc:
         fail(str(exc))
-    try:
-        connect(config.redis_url).ping()
-    except Exception:  # noqa: BLE001 - any connection failure means the same to the user
+    if not wait_for_redis(config.redis_url, args.redis_wait):
         fail(f"cannot reach Redis at {redacted_url(config.redis_url)}; start it or set REDIS_URL")
     plans = [[INSTANT_QUEUE]] * args.instant_workers + [[INSTANT_QUEUE, BATCH_QUEUE]] * args.workers
     if not plans:

@@ -145,7 +145,5 @@ def cached():
         log.error("cached request: %s", exc)
         raise ApiError(503, "The sentence pool is unavailable; try again shortly.") from None
     if sentence is None:
-        raise ApiError(
-            503, "The pool is empty; fill it with `python batch.py -n 200`.", code="pool_empty"
-        )
+        raise ApiError(503, "The pool is empty; fill it with `python batch.py -n 200`.", code="pool_empty")
     return jsonify(sentence_body(dataclasses.asdict(sentence), recycled=recycled))

@@ -25,11 +25,25 @@ CONFIG_PATH_ENV = "HITOKOTO_CONFIG"
 
 # Short units used by the seed ("1/min", "5/10min") mapped to the limits library's words.
 _RATE_UNITS = {
-    "s": "second", "sec": "second", "secs": "second", "second": "second", "seconds": "second",
-    "m": "minute", "min": "minute", "mins": "minute", "minute": "minute", "minutes": "minute",
-    "h": "hour", "hr": "hour", "hrs": "hour", "hour": "hour", "hours": "hour",
-    "d": "day", "day": "day", "days": "day",
-}  # fmt: skip
+    "s": "second",
+    "sec": "second",
+    "secs": "second",
+    "second": "second",
+    "seconds": "second",
+    "m": "minute",
+    "min": "minute",
+    "mins": "minute",
+    "minute": "minute",
+    "minutes": "minute",
+    "h": "hour",
+    "hr": "hour",
+    "hrs": "hour",
+    "hour": "hour",
+    "hours": "hour",
+    "d": "day",
+    "day": "day",
+    "days": "day",
+}
 _SHORT_RATE = re.compile(r"^\s*(\d+)\s*(?:/|per)\s*(\d*)\s*([a-z]+)\s*$", re.IGNORECASE)
 
 
@@ -72,10 +86,18 @@ _FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "api_key": ((str,), None),
     "access_token": ((str,), None),
     "database": ((str,), lambda v: "must not be empty" if not v.strip() else None),
-    "redis_url": ((str,), lambda v: None if re.match(r"^(redis|rediss|unix)://", v) else
-                  "must start with redis://, rediss:// or unix://"),
-    "base_url": ((str,), lambda v: None if not v or re.match(r"^https?://", v) else
-                 "must start with http:// or https://"),
+    "redis_url": (
+        (str,),
+        lambda v: (
+            None
+            if re.match(r"^(redis|rediss|unix)://", v)
+            else "must start with redis://, rediss:// or unix://"
+        ),
+    ),
+    "base_url": (
+        (str,),
+        lambda v: None if not v or re.match(r"^https?://", v) else "must start with http:// or https://",
+    ),
     "model": ((str,), lambda v: "must not be empty" if not v.strip() else None),
     "port": ((int,), lambda v: None if 0 < v < 65536 else "must be between 1 and 65535"),
     "rate": ((str,), None),
@@ -89,7 +111,7 @@ _FIELDS: dict[str, tuple[tuple[type, ...], Any]] = {
     "model_timeout": ((int, float), lambda v: None if 1 <= v <= 600 else "must be 1..600"),
     "model_max_retries": ((int,), lambda v: None if 0 <= v <= 10 else "must be 0..10"),
     "trusted_proxies": ((int,), lambda v: None if 0 <= v <= 10 else "must be 0..10"),
-}  # fmt: skip
+}
 
 _ENV_OVERRIDES = {
     "OPENAI_API_KEY": "api_key",
@@ -134,7 +156,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid JSON: line {exc.lineno}: {exc.msg}")
+        raise ConfigError(f"config file {path} is not valid JSON: line {exc.lineno}: {exc.msg}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a JSON object")
     return raw
@@ -199,7 +221,12 @@ def build_config(raw: dict[str, Any], base_dir: Path, environ: dict[str, str] | 
     return Config(**values)
 
 
-def load_config(path: str | os.PathLike | None = None) -> Config:
-    """Load the config file (HITOKOTO_CONFIG, else ./config.json) and validate it."""
+def load_config(path: str | os.PathLike | None = None, web: bool = True) -> Config:
+    """Load the config file (HITOKOTO_CONFIG, else ./config.json) and validate it.
+
+    PORT is the web server's port: processes that do not listen (web=False) ignore it, since
+    process managers such as honcho hand every process its own, possibly invalid, PORT.
+    """
     config_path = Path(path or os.environ.get(CONFIG_PATH_ENV) or "config.json").resolve()
-    return build_config(_read_json(config_path), config_path.parent)
+    environ = {key: value for key, value in os.environ.items() if web or key != "PORT"}
+    return build_config(_read_json(config_path), config_path.parent, environ)

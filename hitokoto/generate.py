@@ -11,7 +11,9 @@ from hitokoto.config import Config
 # Local OpenAI-compatible servers accept any key; the SDK insists on having one.
 NO_KEY_PLACEHOLDER = "not-needed"
 
-_NUMBERING = re.compile(r"^\s*(?:[\(（\[]?\d{1,3}[\)）\]]|\d{1,3}\s*[\.、:：．)]|[一二三四五六七八九十]+[、.．])\s*")
+_NUMBERING = re.compile(
+    r"^\s*(?:[\(（\[]?\d{1,3}[\)）\]]|\d{1,3}\s*[\.、:：．)]|[一二三四五六七八九十]+[、.．])\s*"
+)
 _BULLET = re.compile(r"^\s*(?:[-*•·●◦▪]|>)\s+")
 _QUOTE_PAIRS = ('""', "''", "“”", "‘’", "「」", "『』", "《》", "«»", "``")
 _REFUSALS = re.compile(
@@ -58,9 +60,7 @@ def ask_model(client: openai.OpenAI, model: str, prompt: str) -> str:
     Raises GenerationError on any SDK failure or an answer with no text.
     """
     try:
-        response = client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": prompt}]
-        )
+        response = client.chat.completions.create(model=model, messages=[{"role": "user", "content": prompt}])
         content = response.choices[0].message.content if response.choices else None
     except openai.OpenAIError as exc:
         raise GenerationError(_describe_sdk_error(exc)) from None

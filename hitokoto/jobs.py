@@ -23,7 +23,7 @@ class WorkerContext:
 @functools.cache
 def worker_context() -> WorkerContext:
     """Loaded on first use (worker.py calls it at start-up so errors show before any job)."""
-    config = load_config()
+    config = load_config(web=False)
     pool = Pool(config.database)
     pool.migrate()
     return WorkerContext(config=config, pool=pool, client=make_client(config))

@@ -37,7 +37,9 @@ def init_limiter(app: Flask, config: Config) -> Limiter:
     return limiter
 
 
-def limit_blueprint(limiter: Limiter, blueprint: Blueprint, rate: str, exempt_when: Callable[[], bool]) -> None:
+def limit_blueprint(
+    limiter: Limiter, blueprint: Blueprint, rate: str, exempt_when: Callable[[], bool]
+) -> None:
     """Apply `rate` to every route of the blueprint; requests for which exempt_when() is
     true (malformed or unauthorised) are answered without spending the client's quota."""
     limiter.limit(rate, exempt_when=exempt_when)(blueprint)
@@ -49,7 +51,7 @@ def _add_rate_limit_headers(limiter: Limiter, response):
         current = limiter.current_limit
         if current is None:
             return response
-        reset_in_s = max(0, math.ceil(current.reset_at - time.time()))
+        reset_in_s = max(0, math.ceil(current.window[0] - time.time()))
         response.headers["RateLimit-Limit"] = str(current.limit.amount)
         response.headers["RateLimit-Remaining"] = str(max(0, current.remaining))
         response.headers["RateLimit-Reset"] = str(reset_in_s)

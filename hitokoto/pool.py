@@ -15,7 +15,7 @@ import threading
 import unicodedata
 import uuid
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 5000
@@ -69,7 +69,7 @@ class AddResult:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def normalize_key(text: str) -> str:
@@ -100,6 +100,8 @@ class Pool:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._local = threading.local()
+        # Threads of one process queue here instead of in SQLite's sleeping busy handler.
+        self._write_lock = threading.Lock()
 
     # -- connections and schema -------------------------------------------------
 
@@ -148,6 +150,11 @@ class Pool:
     def _write(self, work):
         """Run work(conn) inside BEGIN IMMEDIATE; commit, or roll back on any error."""
         conn = self.connect()
+        with self._write_lock:
+            return self._write_locked(conn, work)
+
+    @staticmethod
+    def _write_locked(conn: sqlite3.Connection, work):
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -181,7 +188,9 @@ class Pool:
         """Remove the slot at pos, filling the hole with the last slot; returns its sentence id."""
         last_pos = cls._slot_count(conn)
         taken_id = conn.execute("SELECT sentence_id FROM unused_slots WHERE pos = ?", (pos,)).fetchone()[0]
-        last_id = conn.execute("SELECT sentence_id FROM unused_slots WHERE pos = ?", (last_pos,)).fetchone()[0]
+        last_id = conn.execute("SELECT sentence_id FROM unused_slots WHERE pos = ?", (last_pos,)).fetchone()[
+            0
+        ]
         conn.execute("DELETE FROM unused_slots WHERE pos = ?", (last_pos,))
         if pos != last_pos:
             conn.execute("UPDATE unused_slots SET sentence_id = ? WHERE pos = ?", (last_id, pos))
@@ -208,9 +217,17 @@ class Pool:
         cursor = conn.execute(
             "INSERT OR IGNORE INTO sentences (uuid, text, norm_key, source, model, created_at, used,"
             " handed_out_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (str(uuid.uuid4()), text, normalize_key(text), source, model, utc_now(), int(used),
-             utc_now() if used else None),
-        )  # fmt: skip
+            (
+                str(uuid.uuid4()),
+                text,
+                normalize_key(text),
+                source,
+                model,
+                utc_now(),
+                int(used),
+                utc_now() if used else None,
+            ),
+        )
         return cursor.lastrowid if cursor.rowcount == 1 else None
 
     def add_instant(self, text: str, model: str, keep_unused: bool) -> tuple[Sentence, bool]:
@@ -312,7 +329,9 @@ class Pool:
         """Problems found in the slot table (empty when consistent). Scans: for tests and ops."""
         conn = self.connect()
         problems = []
-        slot_count, max_pos = conn.execute("SELECT COUNT(*), COALESCE(MAX(pos), 0) FROM unused_slots").fetchone()
+        slot_count, max_pos = conn.execute(
+            "SELECT COUNT(*), COALESCE(MAX(pos), 0) FROM unused_slots"
+        ).fetchone()
         if slot_count != max_pos:
             problems.append(f"unused slots not dense: {slot_count} rows, max position {max_pos}")
         unused_rows = conn.execute("SELECT COUNT(*) FROM sentences WHERE used = 0").fetchone()[0]

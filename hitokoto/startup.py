@@ -17,9 +17,9 @@ def fail(message: str, status: int = 2) -> None:
     raise SystemExit(status)
 
 
-def load_config_or_exit() -> Config:
+def load_config_or_exit(web: bool = True) -> Config:
     try:
-        return load_config()
+        return load_config(web=web)
     except ConfigError as exc:
         fail(str(exc))
 

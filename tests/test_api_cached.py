@@ -1,0 +1,52 @@
+"""POST /hitokoto-cached: no-repeat claims, recycling, empty pool."""
+
+from tests.helpers import client_for, fill, post
+
+
+def test_empty_pool_answers_503_pool_empty_with_a_hint(client):
+    response = post(client, "/hitokoto-cached")
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "pool_empty"
+    assert "batch.py" in response.json["error"]["message"]
+
+
+def test_success_body_has_hitokoto_fields(client, pool):
+    fill(pool, 1)
+    response = post(client, "/hitokoto-cached")
+    assert response.status_code == 200
+    body = response.json
+    assert set(body) == {"hitokoto", "result", "id", "uuid", "length", "source", "recycled", "created_at"}
+    assert body["hitokoto"] == body["result"] == pool.get(body["id"]).text
+    assert body["length"] == len(body["hitokoto"])
+    assert body["source"] == "batch" and body["recycled"] is False
+    assert body["created_at"].endswith("Z")
+    assert response.content_type == "application/json"
+    assert "池中句" in response.get_data(as_text=True)  # UTF-8, not \\u escapes
+
+
+def test_no_repeat_until_exhausted_then_recycled(make_app, pool):
+    app = make_app(rate_cached="100/min")
+    pool = app.extensions["hitokoto"].pool
+    fill(pool, 3)
+    client = client_for(app)
+    seen = [post(client, "/hitokoto-cached").json for _ in range(3)]
+    assert len({body["id"] for body in seen}) == 3
+    assert not any(body["recycled"] for body in seen)
+    after = post(client, "/hitokoto-cached").json
+    assert after["recycled"] is True and after["id"] in {body["id"] for body in seen}
+    assert pool.counts() == (3, 0)
+
+
+def test_recycle_true_draws_from_all_and_marks_nothing(make_app):
+    app = make_app(rate_cached="100/min")
+    pool = app.extensions["hitokoto"].pool
+    fill(pool, 2)
+    client = client_for(app)
+    for _ in range(10):
+        response = post(
+            client,
+            "/hitokoto-cached",
+            {"gptauth": app.extensions["hitokoto"].config.access_token, "recycle": True},
+        )
+        assert response.status_code == 200 and response.json["recycled"] is False
+    assert pool.counts() == (2, 2)

@@ -1,0 +1,99 @@
+"""batch.py as a user runs it, with real workers draining the batch queue."""
+
+import subprocess
+import sys
+
+import pytest
+
+from hitokoto.pool import Pool
+from tests.conftest import PROJECT_DIR, service_env
+from tests.fake_model import Script
+from tests.helpers import wait_until
+
+
+@pytest.fixture
+def shared_pool(service_dir, workers):
+    return Pool(service_dir / "pool.db")
+
+
+def run_batch(service_dir, *args, timeout_s=120):
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "batch.py"), *args],
+        cwd=PROJECT_DIR,
+        env=service_env(service_dir),
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
+def test_batch_adds_n_new_sentences_with_few_model_calls(service_dir, shared_pool, fake_model):
+    total_before, unused_before = shared_pool.counts()
+    result = run_batch(service_dir, "-n", "45")
+    assert result.returncode == 0, result.stderr
+    assert "new 45 / duplicate 0 / failed 0" in result.stdout
+    assert fake_model.calls == 3  # batch_size 20: 20 + 20 + 5 sentences
+    assert "[batch]" in result.stderr  # progress while draining
+    assert shared_pool.counts() == (total_before + 45, unused_before + 45)
+    assert shared_pool.check_integrity() == []
+
+
+def test_duplicates_are_stored_once_and_counted(service_dir, shared_pool, fake_model):
+    fake_model.script = Script(content="同一句话。\n同一句话！\n另一句独特的话，只出现一次。")
+    total_before = shared_pool.counts()[0]
+    result = run_batch(service_dir, "-n", "3")
+    assert result.returncode == 0, result.stderr
+    # Call 1: two new, one duplicate; the top-up call for the missing one repeats itself.
+    assert "new 2 / duplicate 2 / failed 0" in result.stdout
+    assert shared_pool.counts()[0] == total_before + 2
+    # A second run gets only duplicates: nothing new, so it exits non-zero.
+    again = run_batch(service_dir, "-n", "3")
+    assert again.returncode == 1
+    assert "new 0 / duplicate 3" in again.stdout
+    assert shared_pool.counts()[0] == total_before + 2
+
+
+def test_short_answers_are_topped_up(service_dir, shared_pool, fake_model):
+    fake_model.script = Script(lines_short_by=5)  # asks for 20, gets 15
+    result = run_batch(service_dir, "-n", "30")
+    assert result.returncode == 0, result.stderr
+    assert "more job(s)" in result.stderr
+    new = int(result.stdout.split("new ")[1].split(" ")[0])
+    assert new >= 30 - 5
+
+
+def test_model_failure_is_reported_and_exits_non_zero(service_dir, shared_pool, fake_model):
+    fake_model.script = Script(status=500)
+    total_before = shared_pool.counts()[0]
+    result = run_batch(service_dir, "-n", "10")
+    assert result.returncode == 1
+    assert "new 0 / duplicate 0 / failed 1" in result.stdout
+    assert shared_pool.counts()[0] == total_before
+
+
+def test_no_wait_only_enqueues_and_workers_fill_the_pool(service_dir, shared_pool, fake_model):
+    total_before = shared_pool.counts()[0]
+    result = run_batch(service_dir, "-n", "25", "--no-wait")
+    assert result.returncode == 0
+    assert "enqueued 2 job(s)" in result.stderr
+    wait_until(lambda: shared_pool.counts()[0] == total_before + 25, timeout_s=30, message="the batch jobs")
+
+
+def test_redis_down_gives_one_clear_line_and_exit_2(service_dir, tmp_path):
+    config = (
+        (service_dir / "config.json").read_text().replace('"redis_url": "redis://', '"redis_url": "redis://x')
+    )
+    broken = tmp_path / "config.json"
+    broken.write_text(config)
+    env = service_env(service_dir) | {"HITOKOTO_CONFIG": str(broken), "REDIS_URL": "redis://127.0.0.1:1/0"}
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "batch.py"), "-n", "5"],
+        cwd=PROJECT_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("hitokoto: lost connection to Redis")
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,72 @@
+"""Per-IP, per-endpoint rate limits that really limit."""
+
+import pytest
+
+from tests.helpers import ACCESS_TOKEN, client_for, fill, post
+
+
+@pytest.fixture
+def limited_app(make_app):
+    app = make_app(rate_cached="3/min")
+    fill(app.extensions["hitokoto"].pool, 10)
+    return app
+
+
+def test_fourth_cached_request_in_a_minute_gets_429(limited_app):
+    client = client_for(limited_app)
+    remaining = [post(client, "/hitokoto-cached").headers["RateLimit-Remaining"] for _ in range(3)]
+    assert remaining == ["2", "1", "0"]
+    response = post(client, "/hitokoto-cached")
+    assert response.status_code == 429
+    assert response.json["error"]["code"] == "rate_limited"
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert limited_app.extensions["hitokoto"].pool.counts()[1] == 7  # the refused request claimed nothing
+
+
+def test_limits_are_per_client_ip(limited_app):
+    first, second = client_for(limited_app, "10.0.0.1"), client_for(limited_app, "10.0.0.2")
+    for _ in range(3):
+        assert post(first, "/hitokoto-cached").status_code == 200
+    assert post(first, "/hitokoto-cached").status_code == 429
+    assert post(second, "/hitokoto-cached").status_code == 200
+
+
+def test_limits_are_per_endpoint(limited_app):
+    client = client_for(limited_app)
+    for _ in range(4):
+        post(client, "/hitokoto-cached")
+    assert post(client, "/hitokoto-cached").status_code == 429
+    # The instant endpoint keeps its own quota (it answers 200 with a worker, 503 without).
+    assert post(client, "/hitokoto").status_code in (200, 503)
+
+
+def test_rejected_requests_do_not_spend_quota(limited_app):
+    client = client_for(limited_app)
+    for _ in range(5):
+        assert post(client, "/hitokoto-cached", {"gptauth": "wrong"}).status_code == 401
+    assert post(client, "/hitokoto-cached").status_code == 200
+
+
+def test_spoofed_forwarded_for_is_ignored_by_default(limited_app):
+    client = client_for(limited_app, "10.9.9.9")
+    statuses = [
+        post(client, "/hitokoto-cached", headers={"X-Forwarded-For": f"1.2.3.{n}"}).status_code
+        for n in range(4)
+    ]
+    assert statuses == [200, 200, 200, 429]
+
+
+def test_forwarded_for_is_believed_with_trusted_proxies(make_app):
+    app = make_app(rate_cached="1/min", trusted_proxies=1)
+    fill(app.extensions["hitokoto"].pool, 5)
+    proxy = client_for(app, "10.8.8.8")
+    assert post(proxy, "/hitokoto-cached", headers={"X-Forwarded-For": "1.1.1.1"}).status_code == 200
+    assert post(proxy, "/hitokoto-cached", headers={"X-Forwarded-For": "1.1.1.1"}).status_code == 429
+    assert post(proxy, "/hitokoto-cached", headers={"X-Forwarded-For": "2.2.2.2"}).status_code == 200
+
+
+def test_bearer_only_requests_are_counted(limited_app):
+    client = client_for(limited_app)
+    headers = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
+    statuses = [post(client, "/hitokoto-cached", {}, headers=headers).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
