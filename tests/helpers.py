@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import time
+import urllib.error
+import urllib.request
 import uuid
 
 from hitokoto.pool import Pool
@@ -46,3 +49,17 @@ def fill(pool: Pool, count: int, prefix: str = "池中句") -> tuple[int, int]:
     """Add `count` unique unused sentences; returns the pool's (total, unused) counts."""
     pool.add_batch([f"{prefix}{number}号：答案藏在问题里" for number in range(count)], model="fill")
     return pool.counts()
+
+
+def http_post(url: str, body: dict, timeout_s: float = 30) -> tuple[int, dict, dict]:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Connection": "close"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read()), dict(error.headers)

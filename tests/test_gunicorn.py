@@ -4,28 +4,12 @@ import concurrent.futures
 import json
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 
 import pytest
 
 from hitokoto.pool import Pool
 from tests.conftest import PROJECT_DIR, raw_config, service_env, stop_process
-from tests.helpers import ACCESS_TOKEN, fill, free_port, wait_until
-
-
-def http_post(url: str, body: dict, timeout_s: float = 30) -> tuple[int, dict, dict]:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={"Content-Type": "application/json", "Connection": "close"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout_s) as response:
-            return response.status, json.loads(response.read()), dict(response.headers)
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read()), dict(error.headers)
+from tests.helpers import ACCESS_TOKEN, fill, free_port, http_post, wait_until
 
 
 def _listening(url: str) -> bool:

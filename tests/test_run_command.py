@@ -1,0 +1,151 @@
+"""./run.sh in a temporary copy of the project: first run, embedded Redis, clean stop."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import PROJECT_DIR
+from tests.helpers import free_port, http_post, wait_until
+
+COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "data", ".env", "__pycache__", ".pytest_cache", "*.db*")
+
+
+@pytest.fixture
+def project_copy(tmp_path) -> Path:
+    copy = tmp_path / "project"
+    shutil.copytree(PROJECT_DIR, copy, ignore=COPY_IGNORE)
+    # Reuse the test environment's interpreter as .venv so run.sh's install is a quick no-op.
+    (copy / ".venv").symlink_to(Path(sys.prefix))
+    return copy
+
+
+def clean_env(**extra) -> dict:
+    hidden = {
+        "REDIS_URL",
+        "OPENAI_API_KEY",
+        "OPENAI_BASE_URL",
+        "HITOKOTO_ACCESS_TOKEN",
+        "HITOKOTO_CONFIG",
+        "PORT",
+    }
+    env = {key: value for key, value in os.environ.items() if key not in hidden}
+    env.update(extra)
+    return env
+
+
+def processes_under(directory: Path) -> list[str]:
+    """Command lines of live processes whose working directory or arguments mention it."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if cwd.startswith(str(directory)) or str(directory) in cmdline:
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def start_run_command(project: Path, env: dict, log_path: Path) -> subprocess.Popen:
+    log = log_path.open("w")
+    return subprocess.Popen(["./run.sh"], cwd=project, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_run_command(process: subprocess.Popen, project: Path) -> None:
+    process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    try:
+        process.wait(timeout=40)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    wait_until(lambda: not processes_under(project), timeout_s=20, message="every started process to exit")
+
+
+def token_from_env_file(project: Path) -> str:
+    match = re.search(r"^HITOKOTO_ACCESS_TOKEN=(.+)$", (project / ".env").read_text(), re.MULTILINE)
+    return match.group(1)
+
+
+def test_first_run_without_redis_or_key_serves_and_stops_cleanly(project_copy, tmp_path):
+    port, redis_port = free_port(), free_port()
+    env = clean_env(PORT=str(port), EMBEDDED_REDIS_PORT=str(redis_port))
+    log_path = tmp_path / "run.log"
+    process = start_run_command(project_copy, env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: (project_copy / ".env").exists(), timeout_s=120, message=".env with a token")
+        token = token_from_env_file(project_copy)
+        assert len(token) >= 32
+        wait_until(lambda: _answers(url), timeout_s=120, message="the web server")
+        output = log_path.read_text()
+        assert f"embedded redis-server on 127.0.0.1:{redis_port}" in output
+        assert token not in output
+        assert (project_copy / "data" / "hitokoto.db").exists()
+        # No key: the pool still serves (empty here); instant says how to configure a model.
+        answers = first_answers(output, project_copy, url, token)
+        assert answers["/hitokoto-cached"]["error"]["code"] == "pool_empty"
+        assert answers["/hitokoto"]["error"]["code"] == "model_not_configured"
+        assert "OPENAI_API_KEY" in answers["/hitokoto"]["error"]["message"]
+        assert "base_url" in answers["/hitokoto"]["error"]["message"]
+    finally:
+        stop_run_command(process, project_copy)
+    assert not _answers(url)
+    assert not _redis_answers(redis_port)
+
+
+def test_with_redis_url_nothing_embedded_starts(project_copy, tmp_path, redis_url):
+    port = free_port()
+    env = clean_env(PORT=str(port), REDIS_URL=redis_url, HITOKOTO_ACCESS_TOKEN="run-test-token-0123456789")
+    log_path = tmp_path / "run.log"
+    process = start_run_command(project_copy, env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url), timeout_s=120, message="the web server")
+        output = log_path.read_text()
+        assert "embedded" not in output and "redis.1" not in output
+        assert not any("redis-server" in line for line in processes_under(project_copy))
+        assert not (project_copy / ".env").exists()  # the token came from the environment
+    finally:
+        stop_run_command(process, project_copy)
+
+
+def first_answers(output: str, project: Path, url: str, token: str) -> dict:
+    """Each endpoint's first answer, through the summary's curl lines run as printed when
+    curl is installed (the 1/min instant quota allows one request per address)."""
+    curl_lines = [line.strip() for line in output.splitlines() if line.strip().startswith("curl ")]
+    assert len(curl_lines) == 2
+    answers = {}
+    for path in ("/hitokoto", "/hitokoto-cached"):
+        if shutil.which("curl"):
+            line = next(line for line in curl_lines if f"{url}{path} " in line)
+            printed = subprocess.run(["bash", "-c", line], cwd=project, capture_output=True, text=True)
+            answers[path] = json.loads(printed.stdout)
+        else:
+            answers[path] = http_post(url + path, {"gptauth": token})[1]
+    return answers
+
+
+def _answers(url: str) -> bool:
+    try:
+        return http_post(url + "/hitokoto-cached", {}, timeout_s=1)[0] == 401
+    except OSError:
+        return False
+
+
+def _redis_answers(port: int) -> bool:
+    from redis import Redis
+
+    try:
+        return Redis(port=port, socket_connect_timeout=0.5).ping()
+    except Exception:  # noqa: BLE001
+        return False
