@@ -13,41 +13,72 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
+import uuid
 
 from redis.exceptions import RedisError
-from rq import SimpleWorker
+from rq import SimpleWorker, worker_registration
 
 import hitokoto.jobs  # noqa: F401 - imports openai once, before forking the worker processes
 from hitokoto.pool import Pool, PoolError
-from hitokoto.queues import BATCH_QUEUE, INSTANT_QUEUE, connect
+from hitokoto.queues import BATCH_QUEUE, INSTANT_QUEUE, connect, recover_dead_worker
 from hitokoto.startup import fail, load_config_or_exit, redacted_url
 
 log = logging.getLogger("hitokoto.worker")
 RESTART_DELAY_S = 2
-# A worker that dies without unregistering disappears from Redis after this long.
-WORKER_TTL_S = 60
+# RQ heartbeats every WORKER_TTL_S - 15 seconds while idle; the web app counts registered
+# workers, so a short TTL makes a lost registration come back (and a dead one go) quickly.
+WORKER_TTL_S = 20
 
 
-def run_worker(queue_names: list[str], burst: bool) -> None:
+class ResilientWorker(SimpleWorker):
+    """A SimpleWorker that registers again when Redis lost its state (restarted without
+    persistence), so the web app does not see "no worker" while this one is listening."""
+
+    def heartbeat(self, timeout: int | None = None, pipeline=None):
+        if pipeline is None and not self.connection.exists(self.key):
+            self.log.warning("worker %s: registration lost (Redis restarted?); registering again", self.name)
+            with self.connection.pipeline() as registration:
+                registration.hset(self.key, mapping=self.serialize())
+                worker_registration.register(self, registration)
+                registration.execute()
+        super().heartbeat(timeout, pipeline)
+
+
+def run_worker(worker_name: str, queue_names: list[str], burst: bool) -> None:
     """Body of one worker process: a SimpleWorker on the given queues, in priority order."""
+    for signum in (signal.SIGTERM, signal.SIGINT):  # not the supervisor's handler; RQ sets its own
+        signal.signal(signum, signal.SIG_DFL)
     config = load_config_or_exit(web=False)
     hitokoto.jobs.worker_context()  # build the SDK client and open the pool before any job
     connection = connect(config.redis_url, socket_timeout_s=30)
-    worker = SimpleWorker(queue_names, connection=connection, worker_ttl=WORKER_TTL_S)
+    worker = ResilientWorker(queue_names, name=worker_name, connection=connection, worker_ttl=WORKER_TTL_S)
     worker.work(burst=burst, logging_level="INFO")
 
 
 def _start(queue_names: list[str], burst: bool) -> multiprocessing.Process:
+    worker_name = f"{socket.gethostname()}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     process = multiprocessing.get_context("fork").Process(
-        target=run_worker, args=(queue_names, burst), name="+".join(queue_names)
+        target=run_worker, args=(worker_name, queue_names, burst), name=worker_name
     )
     process.start()
     return process
 
 
-def supervise(plans: list[list[str]], burst: bool) -> int:
+def _recover(redis_url: str, process: multiprocessing.Process) -> None:
+    """After a worker process died abnormally, make sure its job is not silently lost."""
+    try:
+        job_id = recover_dead_worker(connect(redis_url), process.name)
+    except RedisError as exc:
+        log.error("could not recover jobs of worker %s: %s", process.name, type(exc).__name__)
+        return
+    if job_id:
+        log.warning("worker %s died during job %s; RQ retries it or marks it failed", process.name, job_id)
+
+
+def supervise(redis_url: str, plans: list[list[str]], burst: bool) -> int:
     """Run one process per plan; forward stop signals; restart crashed processes."""
     processes = [_start(plan, burst) for plan in plans]
     stopping = False
@@ -67,6 +98,7 @@ def supervise(plans: list[list[str]], burst: bool) -> int:
             if process.is_alive() or stopping or burst:
                 continue
             log.warning("worker %s exited with %s; restarting", process.name, process.exitcode)
+            _recover(redis_url, process)
             time.sleep(RESTART_DELAY_S)
             processes[index] = _start(plans[index], burst)
         if not any(process.is_alive() for process in processes) and (stopping or burst):
@@ -121,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     if not plans:
         fail("nothing to run: --workers and --instant-workers are both 0")
     log.info("starting %d worker process(es); model %s", len(plans), config.model)
-    return supervise(plans, args.burst)
+    return supervise(config.redis_url, plans, args.burst)
 
 
 if __name__ == "__main__":

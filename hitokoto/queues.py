@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from redis import Redis
-from rq import Queue, Worker
+from rq import Queue, Retry, Worker
 from rq.job import Job
+from rq.registry import StartedJobRegistry
 from rq.results import Result
+from rq.utils import as_text
 
 from hitokoto.config import Config
 
@@ -15,6 +17,8 @@ CONNECT_TIMEOUT_S = 2
 # How long finished results and failures stay readable in Redis.
 RESULT_TTL_S = 3600
 FAILURE_TTL_S = 7 * 24 * 3600
+# A job whose worker died mid-run (SIGKILL, OOM) runs once more before it counts as failed.
+RETRIES_AFTER_CRASH = 1
 
 
 def connect(redis_url: str, socket_timeout_s: float = 10) -> Redis:
@@ -51,6 +55,7 @@ def enqueue_instant(queue: Queue, config: Config, keep_unused: bool) -> Job:
         job_timeout=job_timeout_s(config),
         result_ttl=RESULT_TTL_S,
         failure_ttl=FAILURE_TTL_S,
+        retry=Retry(max=RETRIES_AFTER_CRASH),
     )
 
 
@@ -62,6 +67,7 @@ def enqueue_batch(queue: Queue, config: Config, count: int) -> Job:
         job_timeout=job_timeout_s(config),
         result_ttl=RESULT_TTL_S,
         failure_ttl=FAILURE_TTL_S,
+        retry=Retry(max=RETRIES_AFTER_CRASH),
     )
 
 
@@ -73,3 +79,26 @@ def wait_for_result(job: Job, timeout_s: int) -> Result | None:
 def worker_count(queue: Queue) -> int:
     """Workers registered as listening on this queue."""
     return Worker.count(connection=queue.connection, queue=queue)
+
+
+def recover_dead_worker(connection: Redis, worker_name: str) -> str | None:
+    """Unregister a worker that died without cleaning up, and hand its running job to RQ's
+    abandoned-job handling now (retried if it has retries left, else moved to the failed
+    registry) instead of after its heartbeat expires. Returns that job's id, if any."""
+    worker = Worker.find_by_key(Worker.redis_worker_namespace_prefix + worker_name, connection=connection)
+    if worker is None:
+        return None
+    job = worker.get_current_job()
+    worker.register_death()
+    if job is None:
+        return None
+    registry = StartedJobRegistry(job.origin, connection=connection)
+    entries = [
+        entry
+        for entry in connection.zrange(registry.key, 0, -1)
+        if registry.parse_job_id(as_text(entry)) == job.id
+    ]
+    if entries:
+        connection.zadd(registry.key, dict.fromkeys(entries, 0), xx=True)  # expire them now
+        registry.cleanup(timestamp=0)
+    return job.id

@@ -113,18 +113,23 @@ def service_env(service_dir: Path) -> dict:
     return env
 
 
-def start_workers(service_dir: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(PROJECT_DIR / "worker.py"), *args],
-        cwd=PROJECT_DIR,
-        env=service_env(service_dir),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+def start_workers(service_dir: Path, *args: str, log_path: Path, config_path: Path | None = None):
+    """`python worker.py` with its output in log_path (a pipe nobody reads would fill up)."""
+    env = service_env(service_dir)
+    if config_path:
+        env["HITOKOTO_CONFIG"] = str(config_path)
+    with log_path.open("w") as log:
+        return subprocess.Popen(
+            [sys.executable, str(PROJECT_DIR / "worker.py"), *args],
+            cwd=PROJECT_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop_process(process: subprocess.Popen, sig=signal.SIGTERM, timeout_s: float = 20) -> str:
+    """Stop a process (SIGTERM by default); returns what it printed if it was piped."""
     if process.poll() is None:
         process.send_signal(sig)
     try:
@@ -137,12 +142,20 @@ def stop_process(process: subprocess.Popen, sig=signal.SIGTERM, timeout_s: float
 
 @pytest.fixture(scope="session")
 def workers(service_dir, redis_url):
-    """`python worker.py` as a user runs it: one instant-only and one instant+batch process."""
-    process = start_workers(service_dir)
+    """`python worker.py` as a user runs it: one instant-only and one instant+batch process.
+    At the end, its whole log must be free of tracebacks and secrets."""
+    log_path = service_dir / "worker.log"
+    process = start_workers(service_dir, log_path=log_path)
     queue = instant_queue(connect(redis_url))
     wait_until(lambda: worker_count(queue) >= 2, timeout_s=30, message="two RQ workers to register")
     yield process
     stop_process(process)
+    assert_clean_log(log_path.read_text())
+
+
+def assert_clean_log(log: str) -> None:
+    assert "Traceback" not in log, log[-3000:]
+    assert API_KEY not in log and ACCESS_TOKEN not in log
 
 
 def raw_config(service_dir: Path, **overrides) -> dict:

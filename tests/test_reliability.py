@@ -1,0 +1,288 @@
+"""Surviving the model, Redis, workers and the pool misbehaving (issue #5)."""
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import openai
+import pytest
+from redis import Redis
+
+from hitokoto.config import build_config
+from hitokoto.generate import GenerationError, generate_many, generate_one
+from hitokoto.pool import Pool
+from hitokoto.queues import connect, instant_queue, worker_count
+from tests.conftest import (
+    PROJECT_DIR,
+    assert_clean_log,
+    raw_config,
+    service_env,
+    start_redis_server,
+    start_workers,
+    stop_process,
+)
+from tests.fake_model import Script
+from tests.helpers import ACCESS_TOKEN, client_for, fill, free_port, post, wait_until
+
+# -- model faults, through the real SDK ------------------------------------------------
+
+
+def sdk_client(base_url: str, timeout_s: float = 2, retries: int = 1) -> openai.OpenAI:
+    return openai.OpenAI(api_key="sk-test", base_url=base_url, timeout=timeout_s, max_retries=retries)
+
+
+@pytest.fixture
+def model_config(service_dir):
+    return build_config(raw_config(service_dir), service_dir, environ={})
+
+
+def test_429_without_retry_after_backs_off_a_bounded_number_of_times(fake_model, model_config):
+    fake_model.script = Script(status=429)
+    with pytest.raises(GenerationError, match="rate limiting"):
+        generate_one(sdk_client(fake_model.base_url, retries=2), model_config)
+    assert fake_model.calls == 3  # the first try and exactly two retries, then give up
+
+
+def test_connection_refused_is_an_upstream_error(model_config):
+    with pytest.raises(GenerationError, match="could not be reached"):
+        generate_one(sdk_client(f"http://127.0.0.1:{free_port()}/v1", retries=0), model_config)
+
+
+def test_a_hanging_model_times_out(fake_model, model_config):
+    fake_model.script = Script(delay_s=3)
+    with pytest.raises(GenerationError, match="did not answer in time"):
+        generate_one(sdk_client(fake_model.base_url, timeout_s=0.5, retries=0), model_config)
+
+
+def test_batch_answer_keeps_good_lines_and_drops_junk(fake_model, model_config):
+    fake_model.script = Script(
+        content="1. 好的一句话在这里。\n2. 抱歉，我无法继续。\n\n3. “另一句好话。”\n4. x"
+    )
+    sentences, rejected = generate_many(sdk_client(fake_model.base_url), model_config, count=4)
+    assert sentences == ["好的一句话在这里。", "另一句好话。"]
+    assert rejected == 2
+
+
+# -- Redis down for the web process -----------------------------------------------------
+
+
+@pytest.fixture
+def app_without_redis(make_app):
+    app = make_app(redis_url=f"redis://127.0.0.1:{free_port()}/0", rate_cached="3/min")
+    fill(app.extensions["hitokoto"].pool, 10)
+    return app
+
+
+def test_redis_down_instant_answers_503_json(app_without_redis):
+    response = post(client_for(app_without_redis), "/hitokoto")
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "unavailable"
+
+
+def test_redis_down_cached_still_serves_and_still_limits(app_without_redis):
+    client = client_for(app_without_redis)
+    statuses = [post(client, "/hitokoto-cached").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]  # in-memory fallback: limits stay on
+
+
+def test_no_worker_answers_503_at_once(make_app, redis_url):
+    # Database 3 of the test Redis has no workers listening.
+    app = make_app(redis_url=redis_url.rsplit("/", 1)[0] + "/3")
+    response = post(client_for(app), "/hitokoto")
+    assert response.status_code == 503
+    assert "worker" in response.json["error"]["message"]
+
+
+# -- a private stack whose Redis and workers the tests may break ------------------------
+
+
+class Stack:
+    """Its own redis-server, worker.py and config, with a pool file of its own."""
+
+    def __init__(self, directory: Path, service_dir: Path, make_app):
+        self.directory = directory
+        self.service_dir = service_dir
+        self.redis_process, self.redis_url = start_redis_server(directory)
+        self.redis_port = int(self.redis_url.rsplit(":", 1)[1].split("/")[0])
+        config = raw_config(service_dir, redis_url=self.redis_url, database=str(directory / "pool.db"))
+        self.config_path = directory / "config.json"
+        self.config_path.write_text(json.dumps(config))
+        self.log_path = directory / "worker.log"
+        self.workers = None
+        self.app = make_app(redis_url=self.redis_url, database=str(directory / "pool.db"), rate="1000/min")
+        self.pool = Pool(directory / "pool.db")
+
+    def start_workers(self, *args: str, count: int = 2):
+        self.workers = start_workers(
+            self.service_dir, *args, log_path=self.log_path, config_path=self.config_path
+        )
+        queue = instant_queue(connect(self.redis_url))
+        wait_until(lambda: worker_count(queue) >= count, timeout_s=30, message="workers to register")
+
+    def worker_children(self) -> list[int]:
+        children = Path(f"/proc/{self.workers.pid}/task/{self.workers.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    def stop_redis(self):
+        self.redis_process.terminate()
+        self.redis_process.wait(timeout=10)
+
+    def restart_redis(self):
+        self.redis_process = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(lambda: _pings(self.redis_url), message="redis to come back")
+
+    def close(self):
+        if self.workers:
+            stop_process(self.workers)
+        if self.redis_process.poll() is None:
+            self.redis_process.terminate()
+            self.redis_process.wait(timeout=10)
+
+
+def _pings(url):
+    try:
+        return Redis.from_url(url, socket_connect_timeout=0.2).ping()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture
+def stack(tmp_path, service_dir, make_app, fake_model):
+    if not shutil.which("redis-server"):
+        pytest.skip("needs a redis-server binary to stop and restart")
+    private = Stack(tmp_path, service_dir, make_app)
+    yield private
+    private.close()
+
+
+def test_redis_restart_is_survived_without_restarting_the_service(stack):
+    stack.start_workers()
+    client = client_for(stack.app)
+    assert post(client, "/hitokoto").status_code == 200
+    stack.stop_redis()
+    assert post(client, "/hitokoto").status_code == 503
+    stack.restart_redis()
+    # Workers re-register on their own; the web app reconnects on the next request.
+    wait_until(lambda: post(client, "/hitokoto").status_code == 200, timeout_s=60, message="recovery")
+    assert_clean_log_except_redis(stack.log_path.read_text())
+
+
+def assert_clean_log_except_redis(log: str) -> None:
+    """After a Redis outage RQ may log its own connection tracebacks; secrets never appear."""
+    assert ACCESS_TOKEN not in log and "sk-test-" not in log
+
+
+def test_redis_down_while_batch_runs_exits_2_with_one_line(stack, fake_model):
+    stack.start_workers()
+    fake_model.script = Script(delay_s=1.5)
+    env = service_env(stack.service_dir) | {"HITOKOTO_CONFIG": str(stack.config_path)}
+    batch = subprocess.Popen(
+        [sys.executable, str(PROJECT_DIR / "batch.py"), "-n", "100"],
+        cwd=PROJECT_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_until(lambda: fake_model.calls >= 1, message="the first batch call")
+    stack.stop_redis()
+    _, stderr = batch.communicate(timeout=60)
+    assert batch.returncode == 2
+    assert stderr.strip().splitlines()[-1].startswith("hitokoto: lost connection to Redis")
+    assert "Traceback" not in stderr
+
+
+def test_worker_killed_mid_job_is_retried_not_lost(stack, fake_model):
+    stack.start_workers("--workers", "0", "--instant-workers", "1", count=1)
+    fake_model.script = Script(delay_s=30)
+    total_before = stack.pool.counts()[0]
+    (child,) = stack.worker_children()
+
+    def kill_when_busy():  # while the request below waits on the job
+        wait_until(lambda: fake_model.calls >= 1, message="the job to reach the model")
+        fake_model.script = Script()  # the retry gets a quick answer
+        os.kill(child, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_when_busy)
+    killer.start()
+    response = post(client_for(stack.app), "/hitokoto", {"gptauth": ACCESS_TOKEN, "encycle": True})
+    killer.join()
+    # The supervisor restarts the worker and RQ re-runs the job within the request's wait.
+    assert response.status_code == 200, response.json
+    assert stack.pool.counts()[0] == total_before + 1
+    assert stack.pool.get(response.json["id"]).used is False  # encycle: true, stored unused
+    assert stack.pool.check_integrity() == []
+    log = stop_process(stack.workers) or stack.log_path.read_text()
+    stack.workers = None
+    assert "died during job" in log
+
+
+def test_sigterm_lets_the_current_job_finish(stack, fake_model):
+    stack.start_workers("--workers", "0", "--instant-workers", "1", count=1)
+    fake_model.script = Script(delay_s=2)
+    job = instant_queue(connect(stack.redis_url)).enqueue("hitokoto.jobs.generate_instant", True)
+    wait_until(lambda: fake_model.calls >= 1, message="the job to start")
+    stack.workers.send_signal(signal.SIGTERM)
+    stack.workers.wait(timeout=30)
+    assert stack.workers.returncode == 0
+    assert job.latest_result().type.name == "SUCCESSFUL"
+    assert stack.pool.counts()[0] == 1
+    stack.workers = None
+    assert_clean_log(stack.log_path.read_text())
+
+
+# -- pool faults ------------------------------------------------------------------------
+
+
+def test_locked_pool_answers_503_after_the_busy_timeout(app):
+    pool = app.extensions["hitokoto"].pool
+    fill(pool, 3)
+    other_writer = sqlite3.connect(pool.path, isolation_level=None)
+    other_writer.execute("BEGIN IMMEDIATE")
+    try:
+        response = post(client_for(app), "/hitokoto-cached")
+    finally:
+        other_writer.execute("ROLLBACK")
+        other_writer.close()
+    assert response.status_code == 503
+    assert response.json["error"]["code"] == "unavailable"
+    assert pool.counts() == (3, 3)
+
+
+@pytest.mark.parametrize("program", ["worker.py", "gunicorn"])
+def test_corrupt_pool_file_stops_start_up_with_one_line(tmp_path, program):
+    (tmp_path / "pool.db").write_bytes(b"garbage" * 1000)
+    (tmp_path / "config.json").write_text(json.dumps({"access_token": ACCESS_TOKEN, "database": "pool.db"}))
+    command = [sys.executable, str(PROJECT_DIR / "worker.py")]
+    if program == "gunicorn":
+        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
+    env = {
+        "HITOKOTO_CONFIG": str(tmp_path / "config.json"),
+        "PATH": "/usr/bin:/bin",
+        "PORT": str(free_port()),
+    }
+    result = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("hitokoto: cannot open sentence pool") and line.endswith("file is not a database")
+    assert "Traceback" not in result.stderr
