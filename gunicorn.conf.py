@@ -22,7 +22,7 @@ preload_app = True  # a bad config stops the master once, with one line, instead
 timeout = 120
 graceful_timeout = 30
 keepalive = 5
-accesslog = "-"
+accesslog = None if os.environ.get("GUNICORN_ACCESS_LOG") == "off" else "-"  # off: benchmarks
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 # One shared $HOME/.gunicorn/gunicorn.ctl would clash between instances; we do not use it.
 control_socket_disable = True

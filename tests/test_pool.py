@@ -4,6 +4,7 @@ import collections
 import multiprocessing
 import random
 import shutil
+import sqlite3
 import time
 
 import pytest
@@ -148,3 +149,21 @@ def test_unwritable_location_fails_with_pool_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(PoolError):
         Pool(blocker / "sub" / "pool.db").migrate()
+
+
+def test_a_version_1_pool_is_migrated_forward_with_its_data(tmp_path):
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript(MIGRATIONS[0] + "PRAGMA user_version = 1;")
+    old.execute(
+        "INSERT INTO sentences (id, uuid, text, norm_key, source, model, created_at) "
+        "VALUES (1, 'u1', '旧句一', '旧句一', 'batch', 'm', '2026-01-01T00:00:00Z'),"
+        " (2, 'u2', '旧句二', '旧句二', 'batch', 'm', '2026-01-01T00:00:00Z')"
+    )
+    old.execute("INSERT INTO unused_slots (pos, sentence_id) VALUES (1, 1), (2, 2)")
+    old.close()
+    pool = Pool(path)
+    assert pool.migrate() == len(MIGRATIONS)
+    assert pool.counts() == (2, 2)
+    assert {pool.claim_unused().text, pool.claim_unused().text} == {"旧句一", "旧句二"}
+    assert pool.check_integrity() == []

@@ -1,0 +1,75 @@
+"""Memory: RSS of one gunicorn web worker and one RQ worker process after a warm-up and
+after --requests requests each (cached for the web worker, instant for both), driven by wrk.
+Goal: flat (no growth after warm-up). Needs wrk (apt-get install wrk).
+
+    python bench/memory.py [--requests 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import tempfile
+
+from stack import ACCESS_TOKEN, Stack, build_pool, children_of, rss_kib
+
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = '{"gptauth": "%s"}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def wrk_until(url: str, script: str, wanted: int, connections: int, step_s: int) -> int:
+    """Run wrk in steps until at least `wanted` requests were answered; returns the count."""
+    done = 0
+    while done < wanted:
+        output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{step_s}s", "-s", script, url],
+                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+        done += int(re.search(r"(\d+) requests in", output).group(1))
+        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+        if bad:
+            raise SystemExit(f"bench: {bad.group(1)} failed requests:\n{output}")
+    return done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--warmup", type=int, default=1_000)
+    args = parser.parse_args()
+    if not shutil.which("wrk"):
+        raise SystemExit("bench: needs wrk (apt-get install wrk)")
+    with Stack() as stack:
+        build_pool(stack.directory / "pool.db", 200_000).close()
+        stack.env["WEB_CONCURRENCY"] = "1"  # one web worker receives every request
+        url, web_master = stack.gunicorn("wsgi:app")
+        workers = stack.workers("--instant-workers", "1", "--workers", "0")
+        (web_pid,) = children_of(web_master.pid)
+        (rq_pid,) = children_of(workers.pid)
+        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+        script.write(WRK_SCRIPT % ACCESS_TOKEN)
+        script.close()
+
+        def load(count: int) -> None:
+            wrk_until(url + "/hitokoto-cached", script.name, count, connections=16, step_s=2)
+            wrk_until(url + "/hitokoto", script.name, count, connections=4, step_s=5)
+
+        load(args.warmup)
+        warm = {"web worker": rss_kib(web_pid), "RQ worker": rss_kib(rq_pid)}
+        load(args.requests // 2)
+        middle = {"web worker": rss_kib(web_pid), "RQ worker": rss_kib(rq_pid)}
+        load(args.requests - args.requests // 2)
+        end = {"web worker": rss_kib(web_pid), "RQ worker": rss_kib(rq_pid)}
+    print(f"{'process':<12}{'after warm-up':>15}{'midway':>12}{'after run':>12}{'growth':>10}")
+    for name in warm:
+        growth = (end[name] - warm[name]) / warm[name] * 100
+        print(f"{name:<12}{warm[name]:>12} KiB{middle[name]:>8} KiB{end[name]:>8} KiB{growth:>9.1f}%"
+              f"   goal flat (≤ 5%): {'ok' if growth <= 5 else 'MISSED'}")  # fmt: skip
+    print(f"each process served ≥ {args.requests:,} requests after a {args.warmup:,}-request warm-up")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Starts what a benchmark measures, all on this machine: a private redis-server, the
+chat-completions stand-in, gunicorn and worker.py, and pools built in bulk."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_DIR))
+
+from hitokoto.pool import Pool  # noqa: E402
+
+ACCESS_TOKEN = "bench-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, timeout_s: float = 60, what: str = "a condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if condition():
+                return
+        time.sleep(0.05)
+    raise SystemExit(f"bench: timed out waiting for {what}")
+
+
+def post(url: str, body: dict, timeout_s: float = 60) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def median(samples: list[float]) -> float:
+    return statistics.median(samples)
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def children_of(pid: int) -> list[int]:
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def build_pool(path: Path, total: int, unused_every: int = 2) -> Pool:
+    """A pool of `total` sentences built in one SQL statement; every `unused_every`-th one
+    unused (so used and unused rows interleave), the unused ones in dense slots."""
+    pool = Pool(path)
+    pool.migrate()
+    pool.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = OFF")
+    conn.execute("PRAGMA synchronous = OFF")
+    conn.execute("BEGIN")
+    conn.execute(
+        """
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
+        INSERT INTO sentences (id, uuid, text, norm_key, source, model, created_at, used)
+        SELECT i, lower(hex(randomblob(16))), '基准句' || i, 'k' || i, 'batch', 'bench',
+               '2026-11-25T00:00:00Z', CASE WHEN i % ? = 0 THEN 0 ELSE 1 END FROM n
+        """,
+        (total, unused_every),
+    )
+    conn.execute(
+        "INSERT INTO unused_slots (pos, sentence_id) "
+        "SELECT row_number() OVER (ORDER BY id), id FROM sentences WHERE used = 0"
+    )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.close()
+    return Pool(path)
+
+
+def pool_size(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        return Pool(path).counts()[0]
+    except Exception:  # noqa: BLE001 - a half-built file is rebuilt
+        return 0
+
+
+class Stack(contextlib.ExitStack):
+    """Processes for one benchmark run; everything is stopped when the `with` block ends."""
+
+    def __init__(self, model_delay_s: float = 0.0, **config):
+        super().__init__()
+        self.directory = Path(tempfile.mkdtemp(prefix="hitokoto-bench-"))
+        self.callback(shutil.rmtree, self.directory, True)
+        self.redis_url = self._start_redis()
+        self.model_port = free_port()
+        self._spawn([sys.executable, str(PROJECT_DIR / "tests" / "fake_model.py"), "--port", str(self.model_port),
+                     "--delay", str(model_delay_s)], "model")  # fmt: skip
+        self.base_url = f"http://127.0.0.1:{self.model_port}/v1"
+        wait_for(lambda: socket.create_connection(("127.0.0.1", self.model_port), timeout=1), what="the model")
+        self.config = {
+            "access_token": ACCESS_TOKEN,
+            "api_key": "sk-bench",
+            "base_url": self.base_url,
+            "redis_url": self.redis_url,
+            "database": str(self.directory / "pool.db"),
+            "rate": "1000000/min",
+            "rate_cached": "1000000/min",
+            **config,
+        }
+        self.config_path = self.directory / "config.json"
+        self.config_path.write_text(json.dumps(self.config))
+        self.env = {**os.environ, "HITOKOTO_CONFIG": str(self.config_path), "PYTHONPATH": str(PROJECT_DIR)}
+        for name in ("REDIS_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "HITOKOTO_ACCESS_TOKEN", "PORT"):
+            self.env.pop(name, None)
+
+    def _spawn(self, command: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
+        log = (self.directory / f"{name}.log").open("w")
+        process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env or os.environ, stdout=log,
+                                   stderr=subprocess.STDOUT)  # fmt: skip
+        self.callback(_stop, process)
+        return process
+
+    def _start_redis(self) -> str:
+        port = free_port()
+        self._spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                     "--dir", str(self.directory)], "redis")  # fmt: skip
+        wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1), what="redis-server")
+        return f"redis://127.0.0.1:{port}/0"
+
+    def gunicorn(self, app: str = "wsgi:app") -> tuple[str, subprocess.Popen]:
+        """gunicorn with the project's gunicorn.conf.py (access log off); returns (url, process)."""
+        port = free_port()
+        env = {**self.env, "PORT": str(port), "HOST": "127.0.0.1", "GUNICORN_ACCESS_LOG": "off"}
+        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app]
+        process = self._spawn(command, f"gunicorn-{app.split(':')[0]}-{port}", env)
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1), what="gunicorn")
+        wait_for(lambda: len(children_of(process.pid)) >= 1, what="gunicorn workers")
+        return url, process
+
+    def workers(self, *args: str) -> subprocess.Popen:
+        process = self._spawn([sys.executable, str(PROJECT_DIR / "worker.py"), *args], "worker", self.env)
+        wait_for(lambda: "Listening on instant" in (self.directory / "worker.log").read_text(), what="workers")
+        return process
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
