@@ -1,15 +1,16 @@
 """The sentence pool in SQLite: every SQL statement about sentences lives here.
 
 Unused sentences are tracked in a dense side table ``unused_slots`` whose positions run
-1..k without holes. A no-repeat claim picks a uniform position, takes its sentence and
-moves the last slot into the hole, all inside one ``BEGIN IMMEDIATE`` transaction, so the
-pick is exact, O(log n) and atomic across processes.
+1..k without holes. A no-repeat claim deletes the slot at a uniform random position and a
+trigger moves the last slot into the hole and marks the sentence handed out; it is one SQL
+statement, so it is atomic across processes, exact and O(log n). Keeping it to one
+statement matters: a Python lock held across several SQLite calls stalls on the GIL when
+other threads are busy (bench/http_throughput.py measured 0.2x of bare Flask that way).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import random
 import sqlite3
 import threading
 import unicodedata
@@ -47,6 +48,18 @@ MIGRATIONS = (
     INSERT INTO unused_slots_v2 (pos, sentence_id) SELECT pos, sentence_id FROM unused_slots;
     DROP TABLE unused_slots;
     ALTER TABLE unused_slots_v2 RENAME TO unused_slots;
+    """,
+    # 3: taking a slot is one DELETE; this trigger keeps the positions dense and marks the
+    # sentence handed out, inside that statement.
+    """
+    CREATE TRIGGER unused_slot_taken AFTER DELETE ON unused_slots
+    BEGIN
+        UPDATE sentences SET used = 1, handed_out_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+         WHERE id = old.sentence_id;
+        UPDATE unused_slots SET pos = old.pos
+         WHERE pos = (SELECT MAX(pos) FROM unused_slots)
+           AND old.pos < (SELECT MAX(pos) FROM unused_slots);
+    END;
     """,
 )
 
@@ -89,12 +102,37 @@ def normalize_key(text: str) -> str:
 
 
 _SENTENCE_COLUMNS = "id, uuid, text, source, model, created_at, used, handed_out_at"
+# The random position is drawn inside SQLite, in an uncorrelated scalar subquery that runs
+# once, so the DELETE hits exactly one slot. Lone MIN()/MAX() are read from the index ends.
+_CLAIM_SQL = """
+    DELETE FROM unused_slots
+     WHERE pos = (SELECT abs(random()) % (SELECT MAX(pos) FROM unused_slots) + 1)
+    RETURNING sentence_id
+"""
+_PICK_SQL = f"""
+    SELECT {_SENTENCE_COLUMNS} FROM sentences
+     WHERE id = (SELECT low + abs(random()) % (high - low + 1)
+                   FROM (SELECT (SELECT MIN(id) FROM sentences) AS low,
+                                (SELECT MAX(id) FROM sentences) AS high))
+"""
 
 
 def _to_sentence(row: tuple | None) -> Sentence | None:
     if row is None:
         return None
     return Sentence(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7])
+
+
+def _statements(script: str) -> list[str]:
+    """Split a migration into statements; a trigger body's semicolons stay inside it."""
+    statements, pending = [], ""
+    for part in script.split(";"):
+        pending += part + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                statements.append(pending.strip())
+            pending = ""
+    return statements
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
@@ -109,8 +147,6 @@ class Pool:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self._local = threading.local()
-        # Threads of one process queue here instead of in SQLite's sleeping busy handler.
-        self._write_lock = threading.Lock()
 
     # -- connections and schema -------------------------------------------------
 
@@ -143,9 +179,8 @@ class Pool:
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                    for statement in script.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
+                    for statement in _statements(script):
+                        conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {number}")
                 conn.execute("COMMIT")
             except BaseException:
@@ -159,11 +194,6 @@ class Pool:
     def _write(self, work):
         """Run work(conn) inside BEGIN IMMEDIATE; commit, or roll back on any error."""
         conn = self.connect()
-        with self._write_lock:
-            return self._write_locked(conn, work)
-
-    @staticmethod
-    def _write_locked(conn: sqlite3.Connection, work):
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
@@ -192,24 +222,10 @@ class Pool:
             (cls._slot_count(conn) + 1, sentence_id),
         )
 
-    @classmethod
-    def _remove_slot(cls, conn: sqlite3.Connection, pos: int) -> int:
-        """Remove the slot at pos, filling the hole with the last slot; returns its sentence id."""
-        last_pos = cls._slot_count(conn)
-        taken_id = conn.execute("SELECT sentence_id FROM unused_slots WHERE pos = ?", (pos,)).fetchone()[0]
-        last_id = conn.execute("SELECT sentence_id FROM unused_slots WHERE pos = ?", (last_pos,)).fetchone()[
-            0
-        ]
-        conn.execute("DELETE FROM unused_slots WHERE pos = ?", (last_pos,))
-        if pos != last_pos:
-            conn.execute("UPDATE unused_slots SET sentence_id = ? WHERE pos = ?", (last_id, pos))
-        return taken_id
-
     @staticmethod
-    def _mark_used(conn: sqlite3.Connection, sentence_id: int) -> None:
-        conn.execute(
-            "UPDATE sentences SET used = 1, handed_out_at = ? WHERE id = ?", (utc_now(), sentence_id)
-        )
+    def _take_slot(conn: sqlite3.Connection, pos: int) -> None:
+        """Remove a slot; the unused_slot_taken trigger fills the hole and marks it used."""
+        conn.execute("DELETE FROM unused_slots WHERE pos = ?", (pos,))
 
     @staticmethod
     def _fetch(conn: sqlite3.Connection, sentence_id: int) -> Sentence | None:
@@ -263,8 +279,7 @@ class Pool:
                     "SELECT pos FROM unused_slots WHERE sentence_id = ?", (existing_id,)
                 ).fetchone()
                 if slot is not None:
-                    self._remove_slot(conn, slot[0])
-                    self._mark_used(conn, existing_id)
+                    self._take_slot(conn, slot[0])
             return self._fetch(conn, existing_id), False
 
         return self._write(work)
@@ -291,41 +306,29 @@ class Pool:
         """Atomically take a uniformly random unused sentence and mark it handed out.
 
         Returns None when no unused sentence is left. Two callers, in any processes, never
-        receive the same sentence.
+        receive the same sentence. Raises PoolError when the pool cannot be written.
         """
-
-        def work(conn):
-            unused_count = self._slot_count(conn)
-            if unused_count == 0:
-                return None
-            sentence_id = self._remove_slot(conn, random.randint(1, unused_count))
-            self._mark_used(conn, sentence_id)
-            return self._fetch(conn, sentence_id)
-
-        return self._write(work)
+        conn = self.connect()
+        try:
+            taken = conn.execute(_CLAIM_SQL).fetchone()
+        except sqlite3.Error as exc:
+            raise PoolError(f"sentence pool is busy or unwritable: {exc}") from None
+        return None if taken is None else self._fetch(conn, taken[0])
 
     def pick_any(self) -> Sentence | None:
         """A uniformly random sentence from the whole pool, marking nothing; None when empty.
 
-        Ids are dense (rows are never deleted), so a random id in [min, max] hits a row; the
-        loop rejects misses, which keeps the pick exact even if holes ever appear.
+        Ids are dense (rows are never deleted), so a random id in [min, max] hits a row; a miss
+        is redrawn, which keeps the pick exact even if holes ever appear.
         """
         conn = self.connect()
-        # Two statements on purpose: SQLite answers a lone MIN() or MAX() from the index
-        # end, but scans the table for "SELECT MIN(id), MAX(id)".
-        low = conn.execute("SELECT MIN(id) FROM sentences").fetchone()[0]
-        if low is None:
-            return None
-        high = conn.execute("SELECT MAX(id) FROM sentences").fetchone()[0]
         for _attempt in range(64):
-            sentence = self._fetch(conn, random.randint(low, high))
-            if sentence is not None:
-                return sentence
-        row = conn.execute(
-            f"SELECT {_SENTENCE_COLUMNS} FROM sentences WHERE id >= ? ORDER BY id LIMIT 1",
-            (random.randint(low, high),),
-        ).fetchone()
-        return _to_sentence(row)
+            row = conn.execute(_PICK_SQL).fetchone()
+            if row is not None:
+                return _to_sentence(row)
+            if conn.execute("SELECT MAX(id) FROM sentences").fetchone()[0] is None:
+                return None
+        raise PoolError("sentence pool ids are too sparse to pick from")
 
     # -- reads ------------------------------------------------------------------
 
@@ -350,7 +353,8 @@ class Pool:
         unused_rows = conn.execute("SELECT COUNT(*) FROM sentences WHERE used = 0").fetchone()[0]
         if unused_rows != slot_count:
             problems.append(f"{unused_rows} unused sentences but {slot_count} slots")
-        doubled = conn.execute("SELECT COUNT(*) - COUNT(DISTINCT sentence_id) FROM unused_slots").fetchone()[0]
+        doubled_sql = "SELECT COUNT(*) - COUNT(DISTINCT sentence_id) FROM unused_slots"
+        doubled = conn.execute(doubled_sql).fetchone()[0]
         if doubled:
             problems.append(f"{doubled} sentences sit in more than one slot")
         orphans = conn.execute(

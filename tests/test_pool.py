@@ -2,7 +2,6 @@
 
 import collections
 import multiprocessing
-import random
 import shutil
 import sqlite3
 import time
@@ -77,7 +76,6 @@ def test_instant_duplicate_of_unused_sentence_takes_it_out_of_the_pool(pool):
 def test_claims_are_uniform_over_interleaved_used_and_unused(tmp_path):
     """A sentence after a long used stretch must not be favoured (SPEC §5): chi-square over
     1,000 first claims from copies of one pool whose 20 unused rows sit among 180 used."""
-    random.seed(20261125)
     template = Pool(tmp_path / "template.db")
     template.migrate()
     fill(template, 200)
@@ -94,7 +92,7 @@ def test_claims_are_uniform_over_interleaved_used_and_unused(tmp_path):
     expected = trials / buckets
     chi_square = sum((count - expected) ** 2 / expected for count in first_claims.values())
     assert len(first_claims) == buckets
-    assert chi_square < 43.8  # df=19, p=0.001
+    assert chi_square < 51.2  # df=19, p=0.0001: a false alarm once in 10,000 runs
 
 
 def _drain(path, start_together, results):
