@@ -26,8 +26,10 @@ def run_wrk(url: str, seconds: int, connections: int, script: str) -> tuple[floa
     """Returns (requests/s, non-2xx responses)."""
     output = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", script, url],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return rps, int(bad.group(1)) if bad else 0
@@ -63,7 +65,9 @@ def main() -> None:
         ratio = ours / bare
         print(f"bare Flask JSON endpoint:   {bare:>9.0f} req/s (median of {args.rounds})")
         print(f"POST /hitokoto-cached:      {ours:>9.0f} req/s (median of {args.rounds})")
-        print(f"ratio ours/bare:            {ratio:>9.2f}   goal ≥ 0.80: {'ok' if ratio >= 0.8 else 'MISSED'}")
+        print(
+            f"ratio ours/bare:            {ratio:>9.2f}   goal ≥ 0.80: {'ok' if ratio >= 0.8 else 'MISSED'}"
+        )
 
 
 if __name__ == "__main__":

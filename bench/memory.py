@@ -26,8 +26,12 @@ def wrk_until(url: str, script: str, wanted: int, connections: int, step_s: int)
     """Run wrk in steps until at least `wanted` requests were answered; returns the count."""
     done = 0
     while done < wanted:
-        output = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{step_s}s", "-s", script, url],
-                                capture_output=True, text=True, check=True).stdout  # fmt: skip
+        output = subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{step_s}s", "-s", script, url],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
         done += int(re.search(r"(\d+) requests in", output).group(1))
         bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
         if bad:
@@ -66,8 +70,10 @@ def main() -> None:
     print(f"{'process':<12}{'after warm-up':>15}{'midway':>12}{'after run':>12}{'growth':>10}")
     for name in warm:
         growth = (end[name] - warm[name]) / warm[name] * 100
-        print(f"{name:<12}{warm[name]:>12} KiB{middle[name]:>8} KiB{end[name]:>8} KiB{growth:>9.1f}%"
-              f"   goal flat (≤ 5%): {'ok' if growth <= 5 else 'MISSED'}")  # fmt: skip
+        print(
+            f"{name:<12}{warm[name]:>12} KiB{middle[name]:>8} KiB{end[name]:>8} KiB{growth:>9.1f}%"
+            f"   goal flat (≤ 5%): {'ok' if growth <= 5 else 'MISSED'}"
+        )
     print(f"each process served ≥ {args.requests:,} requests after a {args.warmup:,}-request warm-up")
 
 

@@ -71,7 +71,9 @@ def main() -> None:
         p50_ratio = percentile(samples[("large", kind)], 0.5) / percentile(samples[("small", kind)], 0.5)
         p99_ratio = percentile(samples[("large", kind)], 0.99) / percentile(samples[("small", kind)], 0.99)
         verdict = "ok" if p50_ratio <= 1.2 else "MISSED"
-        print(f"{kind:<10}{'large/small':>14}{p50_ratio:>10.2f}{p99_ratio:>10.2f}   goal p50 ≤ 1.2: {verdict}")
+        print(
+            f"{kind:<10}{'large/small':>14}{p50_ratio:>10.2f}{p99_ratio:>10.2f}   goal p50 ≤ 1.2: {verdict}"
+        )
     for label, pool in pools.items():
         total, unused = pool.counts()
         print(f"{label} pool after the run: {total:,} sentences, {unused:,} unused")

@@ -120,10 +120,21 @@ class Stack(contextlib.ExitStack):
         self.callback(shutil.rmtree, self.directory, True)
         self.redis_url = self._start_redis()
         self.model_port = free_port()
-        self._spawn([sys.executable, str(PROJECT_DIR / "tests" / "fake_model.py"), "--port", str(self.model_port),
-                     "--delay", str(model_delay_s)], "model")  # fmt: skip
+        self._spawn(
+            [
+                sys.executable,
+                str(PROJECT_DIR / "tests" / "fake_model.py"),
+                "--port",
+                str(self.model_port),
+                "--delay",
+                str(model_delay_s),
+            ],
+            "model",
+        )
         self.base_url = f"http://127.0.0.1:{self.model_port}/v1"
-        wait_for(lambda: socket.create_connection(("127.0.0.1", self.model_port), timeout=1), what="the model")
+        wait_for(
+            lambda: socket.create_connection(("127.0.0.1", self.model_port), timeout=1), what="the model"
+        )
         self.config = {
             "access_token": ACCESS_TOKEN,
             "api_key": "sk-bench",
@@ -142,15 +153,30 @@ class Stack(contextlib.ExitStack):
 
     def _spawn(self, command: list[str], name: str, env: dict | None = None) -> subprocess.Popen:
         log = (self.directory / f"{name}.log").open("w")
-        process = subprocess.Popen(command, cwd=PROJECT_DIR, env=env or os.environ, stdout=log,
-                                   stderr=subprocess.STDOUT)  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=PROJECT_DIR, env=env or os.environ, stdout=log, stderr=subprocess.STDOUT
+        )
         self.callback(_stop, process)
         return process
 
     def _start_redis(self) -> str:
         port = free_port()
-        self._spawn(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                     "--dir", str(self.directory)], "redis")  # fmt: skip
+        self._spawn(
+            [
+                "redis-server",
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+            ],
+            "redis",
+        )
         wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1), what="redis-server")
         return f"redis://127.0.0.1:{port}/0"
 
@@ -167,7 +193,9 @@ class Stack(contextlib.ExitStack):
 
     def workers(self, *args: str) -> subprocess.Popen:
         process = self._spawn([sys.executable, str(PROJECT_DIR / "worker.py"), *args], "worker", self.env)
-        wait_for(lambda: "Listening on instant" in (self.directory / "worker.log").read_text(), what="workers")
+        wait_for(
+            lambda: "Listening on instant" in (self.directory / "worker.log").read_text(), what="workers"
+        )
         return process
 
 
