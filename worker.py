@@ -37,14 +37,30 @@ class ResilientWorker(SimpleWorker):
     """A SimpleWorker that registers again when Redis lost its state (restarted without
     persistence), so the web app does not see "no worker" while this one is listening."""
 
+    # RQ heartbeats several times per job; one EXISTS each cost 17% of a worker's time
+    # (py-spy, bench/instant_latency.py), so the registration is checked at most this often.
+    registration_check_interval_s = 5.0
+    _next_registration_check = 0.0
+
     def heartbeat(self, timeout: int | None = None, pipeline=None):
-        if pipeline is None and not self.connection.exists(self.key):
+        if pipeline is not None:
+            super().heartbeat(timeout, pipeline)
+            return
+        if time.monotonic() >= self._next_registration_check:
+            self._next_registration_check = time.monotonic() + self.registration_check_interval_s
+            self._register_again_if_lost()
+        # RQ sends a heartbeat's three commands one by one; batched they cost one round trip.
+        with self.connection.pipeline(transaction=False) as batch:
+            super().heartbeat(timeout, batch)
+            batch.execute()
+
+    def _register_again_if_lost(self) -> None:
+        if not self.connection.exists(self.key):
             self.log.warning("worker %s: registration lost (Redis restarted?); registering again", self.name)
             with self.connection.pipeline() as registration:
                 registration.hset(self.key, mapping=self.serialize())
                 worker_registration.register(self, registration)
                 registration.execute()
-        super().heartbeat(timeout, pipeline)
 
 
 def run_worker(worker_name: str, queue_names: list[str], burst: bool) -> None:
@@ -139,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The SDK's HTTP client logs every request at INFO; RQ already logs each job.
+    for noisy in ("httpx", "httpx2", "openai"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
     config = load_config_or_exit(web=False)
     try:

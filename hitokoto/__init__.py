@@ -12,7 +12,7 @@ from hitokoto.config import Config, load_config
 from hitokoto.errors import register_error_handlers
 from hitokoto.limits import init_limiter, limit_blueprint
 from hitokoto.pool import Pool
-from hitokoto.queues import connect, instant_queue
+from hitokoto.queues import WorkerPresence, connect, instant_queue
 from hitokoto.services import Services
 
 MAX_BODY_BYTES = 4096
@@ -37,7 +37,8 @@ def create_app(config: Config | None = None) -> Flask:
     pool.migrate()
     pool.close()  # gunicorn preloads the app: no SQLite connection may cross the fork
     redis = connect(config.redis_url, socket_timeout_s=config.instant_timeout + REDIS_WAIT_SLACK_S)
-    app.extensions["hitokoto"] = Services(config, pool, redis, instant_queue(redis))
+    queue = instant_queue(redis)
+    app.extensions["hitokoto"] = Services(config, pool, redis, queue, WorkerPresence(queue))
 
     register_error_handlers(app)
     limiter = init_limiter(app, config)

@@ -13,7 +13,7 @@ from rq.results import Result
 from hitokoto.auth import is_authorized
 from hitokoto.errors import ApiError
 from hitokoto.pool import PoolError, Sentence
-from hitokoto.queues import enqueue_instant, wait_for_result, worker_count
+from hitokoto.queues import enqueue_instant, wait_for_result
 from hitokoto.services import services
 
 log = logging.getLogger("hitokoto")
@@ -105,7 +105,7 @@ def instant():
             code="model_not_configured",
         )
     try:
-        if worker_count(context.instant_queue) == 0:
+        if not context.workers.any_listening():
             raise ApiError(503, "No generation worker is running; start one with `python worker.py`.")
         job = enqueue_instant(context.instant_queue, context.config, keep_unused)
         result = wait_for_result(job, context.config.instant_timeout)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from redis import Redis
 from rq import Queue, Retry, Worker
 from rq.job import Job
@@ -79,6 +81,26 @@ def wait_for_result(job: Job, timeout_s: int) -> Result | None:
 def worker_count(queue: Queue) -> int:
     """Workers registered as listening on this queue."""
     return Worker.count(connection=queue.connection, queue=queue)
+
+
+class WorkerPresence:
+    """Answers "is any worker listening?" for the instant path. A yes is trusted for
+    `confirm_s` seconds (saves two Redis round trips a request); a no is checked every time,
+    so a worker that starts is seen at once."""
+
+    def __init__(self, queue: Queue, confirm_s: float = 2.0):
+        self.queue = queue
+        self.confirm_s = confirm_s
+        self._confirmed_until = 0.0
+
+    def any_listening(self) -> bool:
+        now = time.monotonic()
+        if now < self._confirmed_until:
+            return True
+        if worker_count(self.queue) > 0:
+            self._confirmed_until = now + self.confirm_s
+            return True
+        return False
 
 
 def recover_dead_worker(connection: Redis, worker_name: str) -> str | None:

@@ -10,6 +10,7 @@ from rq import Queue
 
 from hitokoto.config import Config
 from hitokoto.pool import Pool
+from hitokoto.queues import WorkerPresence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Services:
     pool: Pool
     redis: Redis
     instant_queue: Queue
+    workers: WorkerPresence
 
 
 def services(app: Flask | None = None) -> Services:
