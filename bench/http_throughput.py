@@ -8,31 +8,9 @@ alternating in one run. Needs wrk (apt-get install wrk).
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import subprocess
-import tempfile
 
-from stack import ACCESS_TOKEN, Stack, build_pool, median, post
-
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.body = '{"gptauth": "%s"}'
-wrk.headers["Content-Type"] = "application/json"
-"""
-
-
-def run_wrk(url: str, seconds: int, connections: int, script: str) -> tuple[float, int]:
-    """Returns (requests/s, non-2xx responses)."""
-    output = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "-s", script, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-    return rps, int(bad.group(1)) if bad else 0
+from stack import ACCESS_TOKEN, Stack, build_pool, median, post, run_wrk, wrk_post_script
 
 
 def main() -> None:
@@ -50,17 +28,15 @@ def main() -> None:
         bare_url, _ = stack.gunicorn("bench.bare_app:app")
         status, body = post(ours_url + "/hitokoto-cached", {"gptauth": ACCESS_TOKEN})
         assert status == 200 and body["recycled"] is False, body
-        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-        script.write(WRK_SCRIPT % ACCESS_TOKEN)
-        script.close()
+        script = wrk_post_script()
         results = {"bare": [], "ours": []}
         for _ in range(args.rounds):
             for label, url in (("bare", bare_url + "/bare"), ("ours", ours_url + "/hitokoto-cached")):
-                rps, bad = run_wrk(url, args.seconds, args.connections, script.name)
-                if bad:
-                    raise SystemExit(f"bench: {bad} non-2xx responses from {label}")
-                results[label].append(rps)
-                print(f"round: {label:<5} {rps:>9.0f} req/s", flush=True)
+                run = run_wrk(url, script, args.seconds, args.connections)
+                if run.failed:
+                    raise SystemExit(f"bench: {run.failed} non-2xx responses from {label}")
+                results[label].append(run.requests_per_s)
+                print(f"round: {label:<5} {run.requests_per_s:>9.0f} req/s", flush=True)
         bare, ours = median(results["bare"]), median(results["ours"])
         ratio = ours / bare
         print(f"bare Flask JSON endpoint:   {bare:>9.0f} req/s (median of {args.rounds})")

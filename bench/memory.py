@@ -8,34 +8,19 @@ Goal: flat (no growth after warm-up). Needs wrk (apt-get install wrk).
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
-import subprocess
-import tempfile
 
-from stack import ACCESS_TOKEN, Stack, build_pool, children_of, rss_kib
-
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.body = '{"gptauth": "%s"}'
-wrk.headers["Content-Type"] = "application/json"
-"""
+from stack import Stack, build_pool, children_of, rss_kib, run_wrk, wrk_post_script
 
 
 def wrk_until(url: str, script: str, wanted: int, connections: int, step_s: int) -> int:
     """Run wrk in steps until at least `wanted` requests were answered; returns the count."""
     done = 0
     while done < wanted:
-        output = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{step_s}s", "-s", script, url],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        done += int(re.search(r"(\d+) requests in", output).group(1))
-        bad = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
-        if bad:
-            raise SystemExit(f"bench: {bad.group(1)} failed requests:\n{output}")
+        run = run_wrk(url, script, step_s, connections, threads=1)
+        if run.failed:
+            raise SystemExit(f"bench: {run.failed} failed requests")
+        done += run.requests
     return done
 
 
@@ -53,13 +38,11 @@ def main() -> None:
         workers = stack.workers("--instant-workers", "1", "--workers", "0")
         (web_pid,) = children_of(web_master.pid)
         (rq_pid,) = children_of(workers.pid)
-        script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
-        script.write(WRK_SCRIPT % ACCESS_TOKEN)
-        script.close()
+        script = wrk_post_script()
 
         def load(count: int) -> None:
-            wrk_until(url + "/hitokoto-cached", script.name, count, connections=16, step_s=2)
-            wrk_until(url + "/hitokoto", script.name, count, connections=4, step_s=5)
+            wrk_until(url + "/hitokoto-cached", script, count, connections=16, step_s=2)
+            wrk_until(url + "/hitokoto", script, count, connections=4, step_s=5)
 
         load(args.warmup)
         warm = {"web worker": rss_kib(web_pid), "RQ worker": rss_kib(rq_pid)}

@@ -4,8 +4,10 @@ chat-completions stand-in, gunicorn and worker.py, and pools built in bulk."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -21,9 +23,43 @@ from pathlib import Path
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
+from hitokoto.embedded_redis import server_command  # noqa: E402
 from hitokoto.pool import Pool  # noqa: E402
 
 ACCESS_TOKEN = "bench-token-0123456789abcdef"
+
+
+def wrk_post_script(token: str = ACCESS_TOKEN) -> str:
+    """A wrk Lua script that POSTs {"gptauth": token} as JSON; returns its path."""
+    script = tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False)
+    script.write(
+        'wrk.method = "POST"\n'
+        f'wrk.body = \'{{"gptauth": "{token}"}}\'\n'
+        'wrk.headers["Content-Type"] = "application/json"\n'
+    )
+    script.close()
+    return script.name
+
+
+@dataclasses.dataclass(frozen=True)
+class WrkRun:
+    requests: int
+    requests_per_s: float
+    failed: int  # non-2xx answers
+
+
+def run_wrk(url: str, script: str, seconds: int, connections: int, threads: int = 2) -> WrkRun:
+    """One wrk run against url with the given Lua script."""
+    output = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "-s", script, url],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    failed = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return WrkRun(
+        requests=int(re.search(r"(\d+) requests in", output).group(1)),
+        requests_per_s=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
+        failed=int(failed.group(1)) if failed else 0,
+    )
 
 
 def free_port() -> int:
@@ -161,22 +197,7 @@ class Stack(contextlib.ExitStack):
 
     def _start_redis(self) -> str:
         port = free_port()
-        self._spawn(
-            [
-                "redis-server",
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
-            "redis",
-        )
+        self._spawn(server_command("redis-server", port, self.directory, persist=False), "redis")
         wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1), what="redis-server")
         return f"redis://127.0.0.1:{port}/0"
 

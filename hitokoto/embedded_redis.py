@@ -30,28 +30,12 @@ def find_redis_server() -> str | None:
     return None
 
 
-def server_command(binary: str, port: int, data_dir: Path) -> list[str]:
-    return [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--protected-mode",
-        "yes",
-        "--dir",
-        str(data_dir),
-        "--dbfilename",
-        "hitokoto.rdb",
-        "--save",
-        "60 1",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-        "--loglevel",
-        "warning",
-    ]
+def server_command(binary: str, port: int, data_dir: Path, persist: bool = True) -> list[str]:
+    """redis-server on 127.0.0.1:port; with persist, a snapshot in data_dir every minute."""
+    snapshot_rule = "60 1" if persist else ""
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
+            "--dir", str(data_dir), "--dbfilename", "hitokoto.rdb", "--save", snapshot_rule,
+            "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]  # fmt: skip
 
 
 def main() -> None:

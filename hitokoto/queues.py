@@ -42,35 +42,32 @@ def batch_queue(connection: Redis) -> Queue:
     return Queue(BATCH_QUEUE, connection=connection)
 
 
-def job_timeout_s(config: Config, calls: int = 1) -> int:
-    """Worst case for `calls` model calls with every SDK retry, plus backoff slack."""
+def job_timeout_s(config: Config) -> int:
+    """Worst case for one model call with every SDK retry, plus backoff slack."""
     per_call = config.model_timeout * (config.model_max_retries + 1) + 10 * config.model_max_retries
-    return int(per_call * calls) + 30
+    return int(per_call) + 30
+
+
+def _enqueue(queue: Queue, config: Config, function_name: str, argument) -> Job:
+    return queue.enqueue(
+        function_name,
+        argument,
+        job_timeout=job_timeout_s(config),
+        result_ttl=RESULT_TTL_S,
+        failure_ttl=FAILURE_TTL_S,
+        retry=Retry(max=RETRIES_AFTER_CRASH),
+    )
 
 
 def enqueue_instant(queue: Queue, config: Config, keep_unused: bool) -> Job:
     """Queue one instant generation. The job is kept (no TTL) so a request that timed out
     still gets its sentence into the pool when a worker reaches it."""
-    return queue.enqueue(
-        "hitokoto.jobs.generate_instant",
-        keep_unused,
-        job_timeout=job_timeout_s(config),
-        result_ttl=RESULT_TTL_S,
-        failure_ttl=FAILURE_TTL_S,
-        retry=Retry(max=RETRIES_AFTER_CRASH),
-    )
+    return _enqueue(queue, config, "hitokoto.jobs.generate_instant", keep_unused)
 
 
 def enqueue_batch(queue: Queue, config: Config, count: int) -> Job:
     """Queue one batch job asking the model for `count` sentences in a single call."""
-    return queue.enqueue(
-        "hitokoto.jobs.generate_batch",
-        count,
-        job_timeout=job_timeout_s(config),
-        result_ttl=RESULT_TTL_S,
-        failure_ttl=FAILURE_TTL_S,
-        retry=Retry(max=RETRIES_AFTER_CRASH),
-    )
+    return _enqueue(queue, config, "hitokoto.jobs.generate_batch", count)
 
 
 def wait_for_result(job: Job, timeout_s: int) -> Result | None:

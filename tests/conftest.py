@@ -15,6 +15,7 @@ from redis import Redis
 
 from hitokoto import create_app
 from hitokoto.config import build_config
+from hitokoto.embedded_redis import server_command
 from hitokoto.pool import Pool
 from hitokoto.queues import connect, instant_queue, worker_count
 from tests.fake_model import FakeModelServer
@@ -23,25 +24,11 @@ from tests.helpers import ACCESS_TOKEN, API_KEY, client_for, free_port, wait_unt
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
-def start_redis_server(data_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            shutil.which("redis-server"),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(data_dir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+def start_redis_server(data_dir: Path, port: int | None = None) -> tuple[subprocess.Popen, str]:
+    """A throw-away redis-server (no snapshots) on a free port, or on `port` to restart one."""
+    port = port or free_port()
+    command = server_command(shutil.which("redis-server"), port, data_dir, persist=False)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
     wait_until(lambda: _pings(url), message="redis-server to start")
     return process, url

@@ -134,22 +134,7 @@ class Stack:
         self.redis_process.wait(timeout=10)
 
     def restart_redis(self):
-        self.redis_process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: _pings(self.redis_url), message="redis to come back")
+        self.redis_process, _ = start_redis_server(self.directory, port=self.redis_port)
 
     def close(self):
         if self.workers:
