@@ -172,6 +172,8 @@ class Pool:
 
     def migrate(self) -> int:
         """Create or upgrade the schema; returns the schema version. Raises PoolError."""
+        if self.path.parent.exists() and not self.path.parent.is_dir():
+            raise PoolError(f"cannot create sentence pool {self.path}: {self.path.parent} is not a directory")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self.connect()
@@ -187,9 +189,12 @@ class Pool:
                 _rollback(conn)
                 raise
             return len(MIGRATIONS)
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
             self.close()
             raise PoolError(f"cannot prepare sentence pool {self.path}: {exc}") from None
+        except OSError as exc:
+            self.close()
+            raise PoolError(f"cannot prepare sentence pool {self.path}: {exc.strerror}") from None
 
     def _write(self, work):
         """Run work(conn) inside BEGIN IMMEDIATE; commit, or roll back on any error."""

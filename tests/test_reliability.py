@@ -254,20 +254,36 @@ def test_locked_pool_answers_503_after_the_busy_timeout(app):
     assert pool.counts() == (3, 3)
 
 
-@pytest.mark.parametrize("program", ["worker.py", "gunicorn"])
-def test_corrupt_pool_file_stops_start_up_with_one_line(tmp_path, program):
-    (tmp_path / "pool.db").write_bytes(b"garbage" * 1000)
-    (tmp_path / "config.json").write_text(json.dumps({"access_token": ACCESS_TOKEN, "database": "pool.db"}))
+def start_up(program: str, directory: Path, database: str) -> subprocess.CompletedProcess:
+    """Start worker.py or gunicorn on a config naming `database`; they should refuse."""
+    (directory / "config.json").write_text(json.dumps({"access_token": ACCESS_TOKEN, "database": database}))
     command = [sys.executable, str(PROJECT_DIR / "worker.py")]
     if program == "gunicorn":
         command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
     env = {
-        "HITOKOTO_CONFIG": str(tmp_path / "config.json"),
+        "HITOKOTO_CONFIG": str(directory / "config.json"),
         "PATH": "/usr/bin:/bin",
         "PORT": str(free_port()),
     }
-    result = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("program", ["worker.py", "gunicorn"])
+def test_corrupt_pool_file_stops_start_up_with_one_line(tmp_path, program):
+    (tmp_path / "pool.db").write_bytes(b"garbage" * 1000)
+    result = start_up(program, tmp_path, "pool.db")
     assert result.returncode != 0
-    (line,) = result.stderr.strip().splitlines()[-1:]
-    assert line.startswith("hitokoto: cannot open sentence pool") and line.endswith("file is not a database")
-    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"hitokoto: cannot open sentence pool {tmp_path / 'pool.db'}: file is not a database"
+    ]
+
+
+@pytest.mark.parametrize("program", ["worker.py", "gunicorn"])
+def test_unwritable_pool_path_stops_start_up_with_one_line(tmp_path, program):
+    (tmp_path / "not-a-directory").write_text("")
+    result = start_up(program, tmp_path, "not-a-directory/pool.db")
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"hitokoto: cannot create sentence pool {tmp_path / 'not-a-directory' / 'pool.db'}: "
+        f"{tmp_path / 'not-a-directory'} is not a directory"
+    ]
