@@ -23,6 +23,7 @@ timeout = 120
 graceful_timeout = 30
 keepalive = 5
 accesslog = None if os.environ.get("GUNICORN_ACCESS_LOG") == "off" else "-"  # off: benchmarks
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
+# Client address, and what a proxy in front says it is (believed only with trusted_proxies).
+access_log_format = '%(h)s forwarded-for=%({x-forwarded-for}i)s "%(r)s" %(s)s %(b)s %(M)sms'
 # One shared $HOME/.gunicorn/gunicorn.ctl would clash between instances; we do not use it.
 control_socket_disable = True

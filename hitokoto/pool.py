@@ -327,12 +327,15 @@ class Pool:
         is redrawn, which keeps the pick exact even if holes ever appear.
         """
         conn = self.connect()
-        for _attempt in range(64):
-            row = conn.execute(_PICK_SQL).fetchone()
-            if row is not None:
-                return _to_sentence(row)
-            if conn.execute("SELECT MAX(id) FROM sentences").fetchone()[0] is None:
-                return None
+        try:
+            for _attempt in range(64):
+                row = conn.execute(_PICK_SQL).fetchone()
+                if row is not None:
+                    return _to_sentence(row)
+                if conn.execute("SELECT MAX(id) FROM sentences").fetchone()[0] is None:
+                    return None
+        except sqlite3.Error as exc:
+            raise PoolError(f"sentence pool cannot be read: {exc}") from None
         raise PoolError("sentence pool ids are too sparse to pick from")
 
     # -- reads ------------------------------------------------------------------
