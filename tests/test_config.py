@@ -118,3 +118,22 @@ def test_worker_start_up_fails_with_one_line_and_no_secret(tmp_path):
         'or "100 per hour")'
     ]
     assert "sk-never-show" not in result.stderr + result.stdout
+
+
+def test_only_the_web_app_needs_the_access_token(tmp_path):
+    config = build_config({"access_token": "change-me"}, tmp_path, environ={}, web=False)
+    assert config.access_token == ""
+    with pytest.raises(ConfigError, match="access_token"):
+        build_config({"access_token": "change-me"}, tmp_path, environ={}, web=True)
+
+
+def test_dot_env_beside_the_config_fills_in_what_the_environment_does_not(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(json.dumps({"access_token": "change-me", "port": 1}))
+    (tmp_path / ".env").write_text(
+        "# made by run.sh\nHITOKOTO_ACCESS_TOKEN='from-dot-env-0123456789'\nPORT=2\n"
+    )
+    monkeypatch.delenv("HITOKOTO_ACCESS_TOKEN", raising=False)
+    monkeypatch.setenv("PORT", "3")
+    config = load_config(tmp_path / "config.json")
+    assert config.access_token == "from-dot-env-0123456789"
+    assert config.port == 3  # the real environment wins over .env
