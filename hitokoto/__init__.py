@@ -36,9 +36,10 @@ def create_app(config: Config | None = None) -> Flask:
     pool = Pool(config.database)
     pool.migrate()
     pool.close()  # gunicorn preloads the app: no SQLite connection may cross the fork
-    redis = connect(config.redis_url, socket_timeout_s=config.instant_timeout + REDIS_WAIT_SLACK_S)
-    queue = instant_queue(redis)
-    app.extensions["hitokoto"] = Services(config, pool, redis, queue, WorkerPresence(queue))
+    queue = instant_queue(
+        connect(config.redis_url, socket_timeout_s=config.instant_timeout + REDIS_WAIT_SLACK_S)
+    )
+    app.extensions["hitokoto"] = Services(config, pool, queue, WorkerPresence(queue))
 
     register_error_handlers(app)
     limiter = init_limiter(app, config)

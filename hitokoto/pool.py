@@ -79,10 +79,6 @@ class Sentence:
     used: bool
     handed_out_at: str | None
 
-    @property
-    def length(self) -> int:
-        return len(self.text)
-
 
 @dataclasses.dataclass(frozen=True)
 class AddResult:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 from flask import Flask, current_app
-from redis import Redis
 from rq import Queue
 
 from hitokoto.config import Config
@@ -17,7 +16,6 @@ from hitokoto.queues import WorkerPresence
 class Services:
     config: Config
     pool: Pool
-    redis: Redis
     instant_queue: Queue
     workers: WorkerPresence
 
