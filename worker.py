@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from rq import SimpleWorker, worker_registration
 
 import hitokoto.jobs  # noqa: F401 - imports openai once, before forking the worker processes
+from hitokoto.config import ConfigError
 from hitokoto.pool import Pool, PoolError
 from hitokoto.queues import BATCH_QUEUE, INSTANT_QUEUE, connect, recover_dead_worker
 from hitokoto.startup import fail, load_config_or_exit, redacted_url
@@ -67,9 +68,11 @@ def run_worker(worker_name: str, queue_names: list[str], burst: bool) -> None:
     """Body of one worker process: a SimpleWorker on the given queues, in priority order."""
     for signum in (signal.SIGTERM, signal.SIGINT):  # not the supervisor's handler; RQ sets its own
         signal.signal(signum, signal.SIG_DFL)
-    config = load_config_or_exit(web=False)
-    hitokoto.jobs.worker_context()  # build the SDK client and open the pool before any job
-    connection = connect(config.redis_url, socket_timeout_s=30)
+    try:  # config, pool and SDK client, built once before any job
+        context = hitokoto.jobs.worker_context()
+    except (ConfigError, PoolError) as exc:
+        fail(str(exc))
+    connection = connect(context.config.redis_url, socket_timeout_s=30)
     worker = ResilientWorker(queue_names, name=worker_name, connection=connection, worker_ttl=WORKER_TTL_S)
     worker.work(burst=burst, logging_level="INFO")
 

@@ -24,6 +24,7 @@ PROJECT_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_DIR))
 
 from hitokoto.embedded_redis import server_command  # noqa: E402
+from hitokoto.launcher import free_port  # noqa: E402
 from hitokoto.pool import Pool  # noqa: E402
 
 ACCESS_TOKEN = "bench-token-0123456789abcdef"
@@ -60,12 +61,6 @@ def run_wrk(url: str, script: str, seconds: int, connections: int, threads: int 
         requests_per_s=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),
         failed=int(failed.group(1)) if failed else 0,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(condition, timeout_s: float = 60, what: str = "a condition") -> None:

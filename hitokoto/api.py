@@ -69,9 +69,7 @@ def request_is_rejected() -> bool:
     """For the rate limiter: requests we will refuse anyway do not spend quota."""
     try:
         parsed_flag()
-    except ApiError:
-        return True
-    except Exception:  # noqa: BLE001 - e.g. 413 while reading; the view reports it
+    except Exception:  # noqa: BLE001 - ApiError, or e.g. 413 while reading; the view reports it
         return True
     return False
 

@@ -19,7 +19,7 @@ from hitokoto.embedded_redis import server_command
 from hitokoto.pool import Pool
 from hitokoto.queues import connect, instant_queue, worker_count
 from tests.fake_model import FakeModelServer
-from tests.helpers import ACCESS_TOKEN, API_KEY, client_for, free_port, wait_until
+from tests.helpers import ACCESS_TOKEN, API_KEY, client_for, free_port, redis_answers, wait_until
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -30,15 +30,8 @@ def start_redis_server(data_dir: Path, port: int | None = None) -> tuple[subproc
     command = server_command(shutil.which("redis-server"), port, data_dir, persist=False)
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"redis://127.0.0.1:{port}/0"
-    wait_until(lambda: _pings(url), message="redis-server to start")
+    wait_until(lambda: redis_answers(url), message="redis-server to start")
     return process, url
-
-
-def _pings(url: str) -> bool:
-    try:
-        return Redis.from_url(url, socket_connect_timeout=0.2).ping()
-    except Exception:  # noqa: BLE001
-        return False
 
 
 @pytest.fixture(scope="session")

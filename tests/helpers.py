@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.error
 import urllib.request
 import uuid
 
+from redis import Redis
+
+from hitokoto.launcher import free_port  # noqa: F401 - shared by the tests
 from hitokoto.pool import Pool
 
 ACCESS_TOKEN = "test-token-" + "x" * 24
@@ -26,10 +28,12 @@ def wait_until(condition, timeout_s: float = 15, interval_s: float = 0.05, messa
     raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def redis_answers(url: str) -> bool:
+    """True when a Redis server answers PING at url."""
+    try:
+        return Redis.from_url(url, socket_connect_timeout=0.2).ping()
+    except Exception:  # noqa: BLE001 - refused, reset, timed out: all mean "not up"
+        return False
 
 
 def client_for(app, ip: str | None = None):

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import openai
 import pytest
-from redis import Redis
 
 from hitokoto.config import build_config
 from hitokoto.generate import GenerationError, generate_many, generate_one
@@ -142,13 +141,6 @@ class Stack:
         if self.redis_process.poll() is None:
             self.redis_process.terminate()
             self.redis_process.wait(timeout=10)
-
-
-def _pings(url):
-    try:
-        return Redis.from_url(url, socket_connect_timeout=0.2).ping()
-    except Exception:  # noqa: BLE001
-        return False
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import PROJECT_DIR
-from tests.helpers import free_port, http_post, wait_until
+from tests.helpers import free_port, http_post, redis_answers, wait_until
 
 COPY_IGNORE = shutil.ignore_patterns(".venv", ".git", "data", ".env", "__pycache__", ".pytest_cache", "*.db*")
 
@@ -100,7 +100,7 @@ def test_first_run_without_redis_or_key_serves_and_stops_cleanly(project_copy, t
     finally:
         stop_run_command(process, project_copy)
     assert not _answers(url)
-    assert not _redis_answers(redis_port)
+    assert not redis_answers(f"redis://127.0.0.1:{redis_port}/0")
 
 
 def test_with_redis_url_nothing_embedded_starts(project_copy, tmp_path, redis_url):
@@ -139,13 +139,4 @@ def _answers(url: str) -> bool:
     try:
         return http_post(url + "/hitokoto-cached", {}, timeout_s=1)[0] == 401
     except OSError:
-        return False
-
-
-def _redis_answers(port: int) -> bool:
-    from redis import Redis
-
-    try:
-        return Redis(port=port, socket_connect_timeout=0.5).ping()
-    except Exception:  # noqa: BLE001
         return False
