@@ -7,12 +7,12 @@ import logging
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from hitokoto.api import cached_bp, instant_bp, request_is_rejected
+from hitokoto.api import cached_bp, instant_bp
 from hitokoto.config import Config, load_config
 from hitokoto.errors import register_error_handlers
-from hitokoto.limits import init_limiter, limit_blueprint
 from hitokoto.pool import Pool
 from hitokoto.queues import WorkerPresence, connect, instant_queue
+from hitokoto.ratelimit import RateLimits
 from hitokoto.services import Services
 
 MAX_BODY_BYTES = 4096
@@ -39,12 +39,10 @@ def create_app(config: Config | None = None) -> Flask:
     queue = instant_queue(
         connect(config.redis_url, socket_timeout_s=config.instant_timeout + REDIS_WAIT_SLACK_S)
     )
-    app.extensions["hitokoto"] = Services(config, pool, queue, WorkerPresence(queue))
+    limits = RateLimits(config.redis_url, {"instant": config.rate, "cached": config.rate_cached})
+    app.extensions["hitokoto"] = Services(config, pool, queue, WorkerPresence(queue), limits)
 
     register_error_handlers(app)
-    limiter = init_limiter(app, config)
-    limit_blueprint(limiter, instant_bp, config.rate, request_is_rejected)
-    limit_blueprint(limiter, cached_bp, config.rate_cached, request_is_rejected)
     app.register_blueprint(instant_bp)
     app.register_blueprint(cached_bp)
     return app

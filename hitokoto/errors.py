@@ -63,9 +63,6 @@ def _handle_http_exception(error: HTTPException):
     headers = {}
     if status == 405:
         headers["Allow"] = "POST"
-    elif status == 429:
-        message = f"Rate limit exceeded ({error.description}); wait before trying again."
-        return error_response(status, message)
     return error_response(status, _DEFAULT_MESSAGES.get(status, error.name + "."), headers=headers)
 
 

@@ -1,4 +1,4 @@
-"""What a running web app holds: its config, pool and queue (built once in create_app)."""
+"""What a running web app holds: its config, pool, queue and rate limits (built once in create_app)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from rq import Queue
 from hitokoto.config import Config
 from hitokoto.pool import Pool
 from hitokoto.queues import WorkerPresence
+from hitokoto.ratelimit import RateLimits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,6 +19,7 @@ class Services:
     pool: Pool
     instant_queue: Queue
     workers: WorkerPresence
+    limits: RateLimits
 
 
 def services(app: Flask | None = None) -> Services:

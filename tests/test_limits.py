@@ -72,3 +72,12 @@ def test_bearer_only_requests_are_counted(limited_app):
     headers = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
     statuses = [post(client, "/hitokoto-cached", {}, headers=headers).status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
+
+
+def test_limits_are_shared_by_every_web_process(make_app):
+    # Two app instances on one Redis stand for two gunicorn workers.
+    first, second = (make_app(rate_cached="3/min", shared_pool=True) for _ in range(2))
+    fill(first.extensions["hitokoto"].pool, 10)
+    for _ in range(3):
+        assert post(client_for(first, "10.7.7.7"), "/hitokoto-cached").status_code == 200
+    assert post(client_for(second, "10.7.7.7"), "/hitokoto-cached").status_code == 429

@@ -8,11 +8,13 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import openai
 import pytest
 
+from hitokoto import ratelimit
 from hitokoto.config import build_config
 from hitokoto.generate import GenerationError, generate_many, generate_one
 from hitokoto.pool import Pool
@@ -279,3 +281,18 @@ def test_unwritable_pool_path_stops_start_up_with_one_line(tmp_path, program):
         f"hitokoto: cannot create sentence pool {tmp_path / 'not-a-directory' / 'pool.db'}: "
         f"{tmp_path / 'not-a-directory'} is not a directory"
     ]
+
+
+def test_limits_count_in_redis_again_once_it_returns(stack, make_app, monkeypatch):
+    monkeypatch.setattr(ratelimit, "REDIS_RETRY_INTERVAL_S", 0.2)
+    first = make_app(redis_url=stack.redis_url, rate_cached="2/min", shared_pool=True)
+    second = make_app(redis_url=stack.redis_url, rate_cached="2/min", shared_pool=True)
+    fill(first.extensions["hitokoto"].pool, 10)
+    stack.stop_redis()
+    assert post(client_for(first, "10.6.6.6"), "/hitokoto-cached").status_code == 200  # counted in memory
+    stack.restart_redis()  # empty: what was counted while it was down is not in it
+    time.sleep(0.3)
+    for _ in range(2):
+        assert post(client_for(first, "10.6.6.6"), "/hitokoto-cached").status_code == 200
+    # Shared again: the other process sees the two hits counted in Redis.
+    assert post(client_for(second, "10.6.6.6"), "/hitokoto-cached").status_code == 429

@@ -1,0 +1,87 @@
+"""Per-client-IP, per-endpoint rate limits: a moving window kept in Redis, shared by every
+web process, with the `limits` library's strategy and storage.
+
+A request costs one Redis round trip here (one Lua call). Flask-Limiter wrapped the same
+call in about 250 µs of Python per request (bench/http_throughput.py, cProfile), so the
+Flask glue is ours: which limit applies is decided by the view, not looked up per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+from limits import RateLimitItem, parse
+from limits.errors import StorageError
+from limits.storage import MemoryStorage, RedisStorage
+from limits.strategies import MovingWindowRateLimiter
+from redis.exceptions import RedisError
+
+from hitokoto.errors import ApiError
+
+log = logging.getLogger("hitokoto")
+
+# Redis for limits must fail fast: a request should not hang because Redis is down.
+_REDIS_OPTIONS = {"socket_connect_timeout": 1, "socket_timeout": 2}
+# After a Redis failure, requests count in memory for this long before Redis is tried again,
+# so an unreachable Redis costs one timeout per interval, not one per request.
+REDIS_RETRY_INTERVAL_S = 2.0
+
+
+class RateLimits:
+    """Named limits ("instant", "cached"), each applied per client address.
+
+    When Redis is unreachable, counting falls back to this process's memory with the same
+    rates (each web process then counts on its own) instead of switching limits off.
+    """
+
+    def __init__(self, redis_url: str, rates: dict[str, str]):
+        self._items: dict[str, RateLimitItem] = {name: parse(rate) for name, rate in rates.items()}
+        redis_storage = RedisStorage(redis_url, wrap_exceptions=True, **_REDIS_OPTIONS)
+        self._shared = MovingWindowRateLimiter(redis_storage)
+        self._local = MovingWindowRateLimiter(MemoryStorage())
+        self._redis_retry_at = 0.0
+        self._lock = threading.Lock()
+
+    def spend(self, name: str, client: str) -> None:
+        """Count one request of `client` against limit `name`; raise a 429 ApiError when over."""
+        item = self._items[name]
+        limiter = self._limiter()
+        try:
+            allowed = limiter.hit(item, name, client)
+        except (StorageError, RedisError, OSError) as exc:
+            self._redis_failed(exc)
+            limiter = self._local
+            allowed = limiter.hit(item, name, client)
+        if not allowed:
+            headers = _limit_headers(limiter, item, name, client)
+            raise ApiError(429, f"Rate limit exceeded ({item}); wait before trying again.", headers=headers)
+
+    def _limiter(self) -> MovingWindowRateLimiter:
+        return self._shared if time.monotonic() >= self._redis_retry_at else self._local
+
+    def _redis_failed(self, exc: Exception) -> None:
+        with self._lock:
+            if time.monotonic() < self._redis_retry_at:
+                return
+            self._redis_retry_at = time.monotonic() + REDIS_RETRY_INTERVAL_S
+        reason = type(exc).__name__
+        log.warning("rate limits: Redis unavailable (%s); counting in this process for now", reason)
+
+
+def _limit_headers(limiter: MovingWindowRateLimiter, item: RateLimitItem, name: str, client: str) -> dict:
+    """Retry-After and RateLimit-* (IETF draft: Reset in seconds). Built on a 429 only,
+    because reading the window is a second Redis round trip."""
+    try:
+        reset_at, remaining = limiter.get_window_stats(item, name, client)
+    except (StorageError, RedisError, OSError):
+        return {"Retry-After": str(item.get_expiry())}
+    reset_in_s = max(0, math.ceil(reset_at - time.time()))
+    return {
+        "RateLimit-Limit": str(item.amount),
+        "RateLimit-Remaining": str(max(0, remaining)),
+        "RateLimit-Reset": str(reset_in_s),
+        "Retry-After": str(max(1, reset_in_s)),
+    }
