@@ -100,11 +100,26 @@ def normalize_key(text: str) -> str:
 _SENTENCE_COLUMNS = "id, uuid, text, source, model, created_at, used, handed_out_at"
 # The random position is drawn inside SQLite, in an uncorrelated scalar subquery that runs
 # once, so the DELETE hits exactly one slot. Lone MIN()/MAX() are read from the index ends.
+# No RETURNING: with it, the write transaction stays open until Python steps the statement
+# again, which under load means holding the pool's write lock while this thread waits for
+# the GIL (bench/http_throughput.py). Without it, the claim commits inside one sqlite3_step.
 _CLAIM_SQL = """
     DELETE FROM unused_slots
      WHERE pos = (SELECT abs(random()) % (SELECT MAX(pos) FROM unused_slots) + 1)
-    RETURNING sentence_id
 """
+# Per connection (TEMP objects are private to the connection that makes them): a slot this
+# connection takes is copied, with its sentence, into temp.taken by the same statement, so
+# the claimed row is read back without a second transaction on the pool file.
+_CAPTURE_TAKEN_SQL = f"""
+    CREATE TEMP TABLE IF NOT EXISTS taken ({_SENTENCE_COLUMNS});
+    CREATE TEMP TRIGGER IF NOT EXISTS capture_taken_slot AFTER DELETE ON main.unused_slots
+    BEGIN
+        INSERT INTO taken
+        SELECT id, uuid, text, source, model, created_at, 1, strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+          FROM sentences WHERE id = old.sentence_id;
+    END;
+"""
+_DRAIN_TAKEN_SQL = f"DELETE FROM temp.taken RETURNING {_SENTENCE_COLUMNS}"
 _PICK_SQL = f"""
     SELECT {_SENTENCE_COLUMNS} FROM sentences
      WHERE id = (SELECT low + abs(random()) % (high - low + 1)
@@ -117,6 +132,21 @@ def _to_sentence(row: tuple | None) -> Sentence | None:
     if row is None:
         return None
     return Sentence(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7])
+
+
+def _install_capture(conn: sqlite3.Connection) -> None:
+    """Create this connection's temp.taken and its trigger, once the pool has its schema."""
+    has_slots = conn.execute(
+        "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'unused_slots'"
+    ).fetchone()
+    if has_slots:
+        for statement in _statements(_CAPTURE_TAKEN_SQL):
+            conn.execute(statement)
+
+
+def _drain_taken(conn: sqlite3.Connection) -> list[tuple]:
+    """The rows this connection's last slot deletion captured (temp.taken), emptied."""
+    return conn.execute(_DRAIN_TAKEN_SQL).fetchall()
 
 
 def _statements(script: str) -> list[str]:
@@ -155,6 +185,8 @@ class Pool:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute("PRAGMA temp_store = MEMORY")
+                _install_capture(conn)
             except sqlite3.Error as exc:
                 raise PoolError(f"cannot open sentence pool {self.path}: {exc}") from None
             self._local.conn = conn
@@ -181,6 +213,7 @@ class Pool:
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {number}")
                 conn.execute("COMMIT")
+                _install_capture(conn)  # a migration that rebuilt unused_slots dropped it
             except BaseException:
                 _rollback(conn)
                 raise
@@ -227,6 +260,7 @@ class Pool:
     def _take_slot(conn: sqlite3.Connection, pos: int) -> None:
         """Remove a slot; the unused_slot_taken trigger fills the hole and marks it used."""
         conn.execute("DELETE FROM unused_slots WHERE pos = ?", (pos,))
+        _drain_taken(conn)
 
     @staticmethod
     def _fetch(conn: sqlite3.Connection, sentence_id: int) -> Sentence | None:
@@ -311,10 +345,11 @@ class Pool:
         """
         conn = self.connect()
         try:
-            taken = conn.execute(_CLAIM_SQL).fetchone()
+            conn.execute(_CLAIM_SQL)
+            taken = _drain_taken(conn)
         except sqlite3.Error as exc:
             raise PoolError(f"sentence pool is busy or unwritable: {exc}") from None
-        return None if taken is None else self._fetch(conn, taken[0])
+        return _to_sentence(taken[0]) if taken else None
 
     def pick_any(self) -> Sentence | None:
         """A uniformly random sentence from the whole pool, marking nothing; None when empty.

@@ -30,6 +30,7 @@ def test_every_sentence_is_claimed_exactly_once_then_none(pool):
     claimed = [pool.claim_unused() for _ in range(50)]
     assert len({sentence.id for sentence in claimed}) == 50
     assert all(sentence.used and sentence.handed_out_at for sentence in claimed)
+    assert all(sentence == pool.get(sentence.id) for sentence in claimed)  # what is stored, as stored
     assert pool.claim_unused() is None
     assert pool.check_integrity() == []
 
