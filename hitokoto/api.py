@@ -7,12 +7,11 @@ import logging
 
 from flask import Blueprint, jsonify, request
 from redis.exceptions import RedisError
-from rq.results import Result
 
 from hitokoto.auth import is_authorized
 from hitokoto.errors import ApiError
 from hitokoto.pool import PoolError, Sentence
-from hitokoto.queues import enqueue_instant, wait_for_result
+from hitokoto.queues import enqueue_instant, wait_for_outcome
 from hitokoto.services import services
 
 log = logging.getLogger("hitokoto")
@@ -90,17 +89,13 @@ def instant():
         if not context.workers.any_listening():
             raise ApiError(503, "No generation worker is running; start one with `python worker.py`.")
         job = enqueue_instant(context.instant_queue, context.config, keep_unused)
-        result = wait_for_result(job, context.config.instant_timeout)
+        outcome = wait_for_outcome(job, context.config.instant_timeout)
     except RedisError as exc:
         log.error("instant request: Redis unavailable: %s", type(exc).__name__)
         raise ApiError(503, "The job queue is unavailable; try again shortly.") from None
-    if result is None:
+    if outcome is None:
         log.warning("instant job %s not done within %ss", job.id, context.config.instant_timeout)
         raise ApiError(504, "Generation is taking too long; the sentence will still be added to the pool.")
-    if result.type != Result.Type.SUCCESSFUL:
-        log.error("instant job %s failed in the worker", job.id)
-        raise ApiError(502, "Generation failed in the worker.")
-    outcome = result.return_value
     if "error" in outcome:
         code = outcome["error"]["code"]
         raise ApiError(_STATUS_BY_JOB_ERROR.get(code, 502), outcome["error"]["message"], code=code)

@@ -9,6 +9,7 @@ import logging
 from hitokoto.config import Config, load_config
 from hitokoto.generate import GenerationError, generate_many, generate_one, make_client
 from hitokoto.pool import Pool, PoolError
+from hitokoto.queues import publish_outcome
 
 log = logging.getLogger("hitokoto.jobs")
 
@@ -34,11 +35,18 @@ def _error(code: str, message: str) -> dict:
 
 
 def generate_instant(keep_unused: bool) -> dict:
-    """Generate one sentence, store it, and return {"sentence": {...}, "new": bool}.
+    """Generate one sentence, store it, and return {"sentence": {...}, "new": bool}; the
+    waiting request gets the same outcome at once through publish_outcome.
 
     Expected failures come back as {"error": {"code", "message"}} so the waiting request can
     answer with them and the worker log gets one line, not a traceback.
     """
+    outcome = _instant_outcome(keep_unused)
+    publish_outcome(outcome)
+    return outcome
+
+
+def _instant_outcome(keep_unused: bool) -> dict:
     context = worker_context()
     try:
         text = generate_one(context.client, context.config)

@@ -15,10 +15,10 @@ import openai
 import pytest
 
 from hitokoto import ratelimit
-from hitokoto.config import build_config
+from hitokoto.config import build_config, load_config
 from hitokoto.generate import GenerationError, generate_many, generate_one
 from hitokoto.pool import Pool
-from hitokoto.queues import connect, instant_queue, worker_count
+from hitokoto.queues import JOB_FAILED, connect, enqueue_job, instant_queue, wait_for_outcome, worker_count
 from tests.conftest import (
     PROJECT_DIR,
     assert_clean_log,
@@ -296,3 +296,12 @@ def test_limits_count_in_redis_again_once_it_returns(stack, make_app, monkeypatc
         assert post(client_for(first, "10.6.6.6"), "/hitokoto-cached").status_code == 200
     # Shared again: the other process sees the two hits counted in Redis.
     assert post(client_for(second, "10.6.6.6"), "/hitokoto-cached").status_code == 429
+
+
+def test_a_job_that_fails_in_the_worker_is_reported_not_waited_out(stack):
+    stack.start_workers()
+    config = load_config(stack.config_path, web=False)
+    queue = instant_queue(connect(stack.redis_url))
+    job = enqueue_job(queue, config, "builtins.int", "not a number")  # raises in the worker, twice
+    # Without RQ's failure record, the wait would end at the timeout with None (a 504).
+    assert wait_for_outcome(job, timeout_s=60) == JOB_FAILED
