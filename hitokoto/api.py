@@ -88,7 +88,7 @@ def instant():
     try:
         if not context.workers.any_listening():
             raise ApiError(503, "No generation worker is running; start one with `python worker.py`.")
-        job = enqueue_instant(context.instant_queue, context.config, keep_unused)
+        job = enqueue_instant(context.instant_queue, context.config, keep_unused, context.workers)
         outcome = wait_for_outcome(job, context.config.instant_timeout)
     except RedisError as exc:
         log.error("instant request: Redis unavailable: %s", type(exc).__name__)

@@ -8,7 +8,7 @@ import time
 
 from redis import Redis
 from redis.exceptions import RedisError
-from rq import Queue, Retry, Worker, get_current_job
+from rq import Queue, Retry, Worker, get_current_job, worker_registration
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.results import Result
@@ -59,27 +59,36 @@ def job_timeout_s(config: Config) -> int:
     return int(per_call) + 30
 
 
+def _enqueue(queue: Queue, config: Config, function_name: str, argument, pipeline) -> Job:
+    return queue.enqueue(
+        function_name,
+        argument,
+        job_timeout=job_timeout_s(config),
+        result_ttl=RESULT_TTL_S,
+        failure_ttl=FAILURE_TTL_S,
+        retry=Retry(max=RETRIES_AFTER_CRASH),
+        pipeline=pipeline,
+    )
+
+
 def enqueue_job(queue: Queue, config: Config, function_name: str, argument) -> Job:
     """Queue function_name(argument) with our timeouts, result TTLs and crash retry."""
     # One pipeline: without it RQ sends its queue-set update and the job in two round trips.
     with queue.connection.pipeline() as pipeline:
-        job = queue.enqueue(
-            function_name,
-            argument,
-            job_timeout=job_timeout_s(config),
-            result_ttl=RESULT_TTL_S,
-            failure_ttl=FAILURE_TTL_S,
-            retry=Retry(max=RETRIES_AFTER_CRASH),
-            pipeline=pipeline,
-        )
+        job = _enqueue(queue, config, function_name, argument, pipeline)
         pipeline.execute()
     return job
 
 
-def enqueue_instant(queue: Queue, config: Config, keep_unused: bool) -> Job:
+def enqueue_instant(queue: Queue, config: Config, keep_unused: bool, presence: WorkerPresence) -> Job:
     """Queue one instant generation. The job is kept (no TTL) so a request that timed out
-    still gets its sentence into the pool when a worker reaches it."""
-    return enqueue_job(queue, config, "hitokoto.jobs.generate_instant", keep_unused)
+    still gets its sentence into the pool when a worker reaches it. The same round trip
+    counts the workers registered on the queue and tells `presence`."""
+    with queue.connection.pipeline() as pipeline:
+        job = _enqueue(queue, config, "hitokoto.jobs.generate_instant", keep_unused, pipeline)
+        pipeline.scard(worker_registration.WORKERS_BY_QUEUE_KEY % queue.name)
+        presence.saw(pipeline.execute()[-1])
+    return job
 
 
 def enqueue_batch(queue: Queue, config: Config, count: int) -> Job:
@@ -138,8 +147,9 @@ def worker_count(queue: Queue) -> int:
 
 class WorkerPresence:
     """Answers "is any worker listening?" for the instant path. A yes is trusted for
-    `confirm_s` seconds (saves two Redis round trips a request); a no is checked every time,
-    so a worker that starts is seen at once."""
+    `confirm_s` seconds and renewed by every enqueue, which counts the workers in its own
+    pipeline (saw()), so steady traffic never pays a separate round trip for it; a no is
+    checked every time, so a worker that starts is seen at once."""
 
     def __init__(self, queue: Queue, confirm_s: float = 2.0):
         self.queue = queue
@@ -147,13 +157,14 @@ class WorkerPresence:
         self._confirmed_until = 0.0
 
     def any_listening(self) -> bool:
-        now = time.monotonic()
-        if now < self._confirmed_until:
+        if time.monotonic() < self._confirmed_until:
             return True
-        if worker_count(self.queue) > 0:
-            self._confirmed_until = now + self.confirm_s
-            return True
-        return False
+        return self.saw(worker_count(self.queue))
+
+    def saw(self, workers_listening: int) -> bool:
+        """Record a worker count read elsewhere; returns whether any worker listens."""
+        self._confirmed_until = time.monotonic() + self.confirm_s if workers_listening > 0 else 0.0
+        return workers_listening > 0
 
 
 def recover_dead_worker(connection: Redis, worker_name: str) -> str | None:

@@ -94,10 +94,13 @@ def test_redis_down_cached_still_serves_and_still_limits(app_without_redis):
 
 def test_no_worker_answers_503_at_once(make_app, redis_url):
     # Database 3 of the test Redis has no workers listening.
-    app = make_app(redis_url=redis_url.rsplit("/", 1)[0] + "/3")
+    no_worker_url = redis_url.rsplit("/", 1)[0] + "/3"
+    app = make_app(redis_url=no_worker_url)
     response = post(client_for(app), "/hitokoto")
     assert response.status_code == 503
     assert "worker" in response.json["error"]["message"]
+    # Nothing was queued: a worker started later does not spend tokens on a refused request.
+    assert instant_queue(connect(no_worker_url)).count == 0
 
 
 # -- a private stack whose Redis and workers the tests may break ------------------------
