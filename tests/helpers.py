@@ -49,6 +49,16 @@ def post(client, path: str, body=None, **kwargs):
     return client.post(path, json=payload, **kwargs)
 
 
+def assert_rate_limited(response, limit: int) -> None:
+    """A 429 rate_limited answer with Retry-After and RateLimit-* headers for `limit` per minute."""
+    assert response.status_code == 429
+    assert response.json["error"]["code"] == "rate_limited"
+    assert 1 <= int(response.headers["Retry-After"]) <= 60
+    assert response.headers["RateLimit-Limit"] == str(limit)
+    assert response.headers["RateLimit-Remaining"] == "0"
+    assert 1 <= int(response.headers["RateLimit-Reset"]) <= 60
+
+
 def fill(pool: Pool, count: int, prefix: str = "池中句") -> tuple[int, int]:
     """Add `count` unique unused sentences; returns the pool's (total, unused) counts."""
     pool.add_batch([f"{prefix}{number}号：答案藏在问题里" for number in range(count)], model="fill")
