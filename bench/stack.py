@@ -25,7 +25,7 @@ sys.path.insert(0, str(PROJECT_DIR))
 
 from hitokoto.embedded_redis import server_command  # noqa: E402
 from hitokoto.launcher import free_port  # noqa: E402
-from hitokoto.pool import Pool  # noqa: E402
+from hitokoto.pool import Pool, exponential_clock  # noqa: E402
 
 ACCESS_TOKEN = "bench-token-0123456789abcdef"
 
@@ -106,7 +106,7 @@ def children_of(pid: int) -> list[int]:
 
 def build_pool(path: Path, total: int, unused_every: int = 2) -> Pool:
     """A pool of `total` sentences built in one SQL statement; every `unused_every`-th one
-    unused (so used and unused rows interleave), the unused ones in dense slots."""
+    unused (so used and unused rows interleave), the unused ones queued."""
     pool = Pool(path)
     pool.migrate()
     pool.close()
@@ -123,9 +123,10 @@ def build_pool(path: Path, total: int, unused_every: int = 2) -> Pool:
         """,
         (total, unused_every),
     )
+    conn.create_function("exponential_clock", 0, exponential_clock)
     conn.execute(
-        "INSERT INTO unused_slots (pos, sentence_id) "
-        "SELECT row_number() OVER (ORDER BY id), id FROM sentences WHERE used = 0"
+        "INSERT INTO unused_queue (clock, sentence_id) "
+        "SELECT exponential_clock(), id FROM sentences WHERE used = 0"
     )
     conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode = WAL")

@@ -1,16 +1,27 @@
 """The sentence pool in SQLite: every SQL statement about sentences lives here.
 
-Unused sentences are tracked in a dense side table ``unused_slots`` whose positions run
-1..k without holes. A no-repeat claim deletes the slot at a uniform random position and a
-trigger moves the last slot into the hole and marks the sentence handed out; it is one SQL
-statement, so it is atomic across processes, exact and O(log n). Keeping it to one
-statement matters: a Python lock held across several SQLite calls stalls on the GIL when
-other threads are busy (bench/http_throughput.py measured 0.2x of bare Flask that way).
+Unused sentences wait in ``unused_queue``, each under an exponential clock: when it enters,
+it gets ``pool_state.clock_floor + Exp(1)``. A no-repeat claim deletes the entry with the
+smallest clock, and a trigger raises the floor to that clock and marks the sentence handed
+out. The smallest of iid exponential clocks belongs to a uniformly random entry, and by
+memorylessness the clocks left behind are again iid ``floor + Exp(1)``, exactly like the
+clock of a sentence that enters later: every claim is uniform over the unused sentences
+at that moment, whenever they arrived. A claim is one SQL statement (atomic across
+processes, O(log n)) and it only writes the head of the queue and the claimed sentence's
+row, so at 10 million sentences it touches one cold page, not two (bench/pool_flatness.py).
+Keeping it to one statement matters: a Python lock held across several SQLite calls stalls
+on the GIL when other threads are busy (bench/http_throughput.py measured 0.2x of bare
+Flask that way).
+
+A sentence taken out of the pool some other way (an instant request that produced it again)
+is only marked handed out; its queue entry stays until its clock comes up and is then
+skipped. Removing it early would tell the queue something about the other clocks.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 import sqlite3
 import threading
 import unicodedata
@@ -61,6 +72,40 @@ MIGRATIONS = (
            AND old.pos < (SELECT MAX(pos) FROM unused_slots);
     END;
     """,
+    # 4: the dense slots become a queue under exponential clocks (see the module docstring).
+    # A slot claim wrote three pages, two of them at random places in a large pool; a queue
+    # claim writes the queue's head (with pool_state, both hot) and the sentence's row.
+    # (clock, sentence_id) is the key, so equal clocks (about 1 in 10^15 per pair) cannot
+    # collide. exponential_clock() is registered on every connection by Pool.connect().
+    """
+    CREATE TABLE unused_queue (
+        clock REAL NOT NULL,
+        sentence_id INTEGER NOT NULL,
+        PRIMARY KEY (clock, sentence_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE pool_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        clock_floor REAL NOT NULL,
+        unused_count INTEGER NOT NULL
+    );
+    INSERT INTO pool_state (id, clock_floor, unused_count) VALUES (1, 0.0, 0);
+    CREATE TRIGGER unused_queue_added AFTER INSERT ON unused_queue
+    BEGIN
+        UPDATE pool_state SET unused_count = unused_count + 1;
+    END;
+    CREATE TRIGGER unused_queue_taken AFTER DELETE ON unused_queue
+    BEGIN
+        UPDATE pool_state
+           SET clock_floor = max(clock_floor, old.clock),
+               unused_count = unused_count - (SELECT 1 - used FROM sentences WHERE id = old.sentence_id);
+        UPDATE sentences SET used = 1, handed_out_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+         WHERE id = old.sentence_id AND used = 0;
+    END;
+    INSERT INTO unused_queue (clock, sentence_id)
+    SELECT exponential_clock(), id FROM sentences WHERE used = 0;
+    DROP TRIGGER unused_slot_taken;
+    DROP TABLE unused_slots;
+    """,
 )
 
 
@@ -98,25 +143,28 @@ def normalize_key(text: str) -> str:
 
 
 _SENTENCE_COLUMNS = "id, uuid, text, source, model, created_at, used, handed_out_at"
-# The random position is drawn inside SQLite, in an uncorrelated scalar subquery that runs
-# once, so the DELETE hits exactly one slot. Lone MIN()/MAX() are read from the index ends.
+# The head of the queue is read from the primary key's first entry, so the DELETE hits one row.
 # No RETURNING: with it, the write transaction stays open until Python steps the statement
 # again, which under load means holding the pool's write lock while this thread waits for
 # the GIL (bench/http_throughput.py). Without it, the claim commits inside one sqlite3_step.
 _CLAIM_SQL = """
-    DELETE FROM unused_slots
-     WHERE pos = (SELECT abs(random()) % (SELECT MAX(pos) FROM unused_slots) + 1)
+    DELETE FROM unused_queue
+     WHERE (clock, sentence_id) = (SELECT clock, sentence_id FROM unused_queue
+                                    ORDER BY clock, sentence_id LIMIT 1)
 """
-# Per connection (TEMP objects are private to the connection that makes them): a slot this
-# connection takes is copied, with its sentence, into temp.taken by the same statement, so
-# the claimed row is read back without a second transaction on the pool file.
+_ENQUEUE_SQL = "INSERT INTO unused_queue (clock, sentence_id) SELECT clock_floor + ?, ? FROM pool_state"
+# Per connection (TEMP objects are private to the connection that makes them): the sentence
+# behind a queue entry this connection deletes is copied into temp.taken by the same
+# statement, so the claimed row is read back without a second transaction on the pool file.
+# BEFORE, so it sees the sentence as it was: an entry whose sentence was already handed out
+# (see the module docstring) captures nothing and the claim moves on to the next entry.
 _CAPTURE_TAKEN_SQL = f"""
     CREATE TEMP TABLE IF NOT EXISTS taken ({_SENTENCE_COLUMNS});
-    CREATE TEMP TRIGGER IF NOT EXISTS capture_taken_slot AFTER DELETE ON main.unused_slots
+    CREATE TEMP TRIGGER IF NOT EXISTS capture_taken_entry BEFORE DELETE ON main.unused_queue
     BEGIN
         INSERT INTO taken
         SELECT id, uuid, text, source, model, created_at, 1, strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
-          FROM sentences WHERE id = old.sentence_id;
+          FROM sentences WHERE id = old.sentence_id AND used = 0;
     END;
 """
 _DRAIN_TAKEN_SQL = f"DELETE FROM temp.taken RETURNING {_SENTENCE_COLUMNS}"
@@ -134,18 +182,24 @@ def _to_sentence(row: tuple | None) -> Sentence | None:
     return Sentence(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7])
 
 
+def exponential_clock() -> float:
+    """A draw from Exp(1): how far past the floor a sentence entering the queue waits.
+    (random is reseeded in every forked process, so workers never share draws.)"""
+    return random.expovariate(1.0)
+
+
 def _install_capture(conn: sqlite3.Connection) -> None:
     """Create this connection's temp.taken and its trigger, once the pool has its schema."""
-    has_slots = conn.execute(
-        "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'unused_slots'"
+    has_queue = conn.execute(
+        "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'unused_queue'"
     ).fetchone()
-    if has_slots:
+    if has_queue:
         for statement in _statements(_CAPTURE_TAKEN_SQL):
             conn.execute(statement)
 
 
 def _drain_taken(conn: sqlite3.Connection) -> list[tuple]:
-    """The rows this connection's last slot deletion captured (temp.taken), emptied."""
+    """The rows this connection's last queue deletion captured (temp.taken), emptied."""
     return conn.execute(_DRAIN_TAKEN_SQL).fetchall()
 
 
@@ -186,6 +240,7 @@ class Pool:
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
                 conn.execute("PRAGMA temp_store = MEMORY")
+                conn.create_function("exponential_clock", 0, exponential_clock)
                 _install_capture(conn)
             except sqlite3.Error as exc:
                 raise PoolError(f"cannot open sentence pool {self.path}: {exc}") from None
@@ -213,7 +268,7 @@ class Pool:
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {number}")
                 conn.execute("COMMIT")
-                _install_capture(conn)  # a migration that rebuilt unused_slots dropped it
+                _install_capture(conn)  # the queue may have just been created
             except BaseException:
                 _rollback(conn)
                 raise
@@ -243,24 +298,21 @@ class Pool:
             _rollback(conn)
             raise
 
-    # -- slots ------------------------------------------------------------------
+    # -- the queue -------------------------------------------------------------
 
     @staticmethod
-    def _slot_count(conn: sqlite3.Connection) -> int:
-        return conn.execute("SELECT COALESCE(MAX(pos), 0) FROM unused_slots").fetchone()[0]
+    def _enqueue(conn: sqlite3.Connection, sentence_id: int) -> None:
+        """Put a sentence in the no-repeat pool, under a clock of floor + Exp(1)."""
+        conn.execute(_ENQUEUE_SQL, (exponential_clock(), sentence_id))
 
-    @classmethod
-    def _push_slot(cls, conn: sqlite3.Connection, sentence_id: int) -> None:
-        conn.execute(
-            "INSERT INTO unused_slots (pos, sentence_id) VALUES (?, ?)",
-            (cls._slot_count(conn) + 1, sentence_id),
+    @staticmethod
+    def _hand_out(conn: sqlite3.Connection, sentence_id: int) -> None:
+        """Mark a sentence handed out without a claim; its queue entry is skipped later."""
+        cursor = conn.execute(
+            "UPDATE sentences SET used = 1, handed_out_at = ? WHERE id = ? AND used = 0",
+            (utc_now(), sentence_id),
         )
-
-    @staticmethod
-    def _take_slot(conn: sqlite3.Connection, pos: int) -> None:
-        """Remove a slot; the unused_slot_taken trigger fills the hole and marks it used."""
-        conn.execute("DELETE FROM unused_slots WHERE pos = ?", (pos,))
-        _drain_taken(conn)
+        conn.execute("UPDATE pool_state SET unused_count = unused_count - ?", (cursor.rowcount,))
 
     @staticmethod
     def _fetch(conn: sqlite3.Connection, sentence_id: int) -> Sentence | None:
@@ -303,18 +355,13 @@ class Pool:
             new_id = self._insert(conn, text, "instant", model, used=not keep_unused)
             if new_id is not None:
                 if keep_unused:
-                    self._push_slot(conn, new_id)
+                    self._enqueue(conn, new_id)
                 return self._fetch(conn, new_id), True
             existing_id = conn.execute(
                 "SELECT id FROM sentences WHERE norm_key = ?", (normalize_key(text),)
             ).fetchone()[0]
             if not keep_unused:
-                # A scan (no index on sentence_id, see migration 2); only on this rare path.
-                slot = conn.execute(
-                    "SELECT pos FROM unused_slots WHERE sentence_id = ?", (existing_id,)
-                ).fetchone()
-                if slot is not None:
-                    self._take_slot(conn, slot[0])
+                self._hand_out(conn, existing_id)
             return self._fetch(conn, existing_id), False
 
         return self._write(work)
@@ -329,7 +376,7 @@ class Pool:
                 if new_id is None:
                     duplicate += 1
                 else:
-                    self._push_slot(conn, new_id)
+                    self._enqueue(conn, new_id)
                     new += 1
             return AddResult(new, duplicate)
 
@@ -345,11 +392,15 @@ class Pool:
         """
         conn = self.connect()
         try:
-            conn.execute(_CLAIM_SQL)
-            taken = _drain_taken(conn)
+            while True:  # more than once only past entries of sentences handed out otherwise
+                deleted = conn.execute(_CLAIM_SQL).rowcount
+                taken = _drain_taken(conn)
+                if taken:
+                    return _to_sentence(taken[0])
+                if deleted == 0:
+                    return None
         except sqlite3.Error as exc:
             raise PoolError(f"sentence pool is busy or unwritable: {exc}") from None
-        return _to_sentence(taken[0]) if taken else None
 
     def pick_any(self) -> Sentence | None:
         """A uniformly random sentence from the whole pool, marking nothing; None when empty.
@@ -375,30 +426,33 @@ class Pool:
         return self._fetch(self.connect(), sentence_id)
 
     def counts(self) -> tuple[int, int]:
-        """(total sentences, unused sentences), both read from indexes without a scan."""
+        """(total sentences, unused sentences), read without a scan."""
         conn = self.connect()
         total = conn.execute("SELECT COALESCE(MAX(id), 0) FROM sentences").fetchone()[0]
-        return total, self._slot_count(conn)
+        return total, conn.execute("SELECT unused_count FROM pool_state").fetchone()[0]
 
     def check_integrity(self) -> list[str]:
-        """Problems found in the slot table (empty when consistent). Scans: for tests and ops."""
+        """Problems found in the queue and its counts (empty when consistent). Scans: for tests
+        and ops."""
         conn = self.connect()
         problems = []
-        slot_count, max_pos = conn.execute(
-            "SELECT COUNT(*), COALESCE(MAX(pos), 0) FROM unused_slots"
-        ).fetchone()
-        if slot_count != max_pos:
-            problems.append(f"unused slots not dense: {slot_count} rows, max position {max_pos}")
         unused_rows = conn.execute("SELECT COUNT(*) FROM sentences WHERE used = 0").fetchone()[0]
-        if unused_rows != slot_count:
-            problems.append(f"{unused_rows} unused sentences but {slot_count} slots")
-        doubled_sql = "SELECT COUNT(*) - COUNT(DISTINCT sentence_id) FROM unused_slots"
+        counted = conn.execute("SELECT unused_count FROM pool_state").fetchone()[0]
+        if unused_rows != counted:
+            problems.append(f"{unused_rows} unused sentences but pool_state counts {counted}")
+        queued_unused = conn.execute(
+            "SELECT COUNT(DISTINCT q.sentence_id) FROM unused_queue q"
+            " JOIN sentences s ON s.id = q.sentence_id WHERE s.used = 0"
+        ).fetchone()[0]
+        if queued_unused != unused_rows:
+            problems.append(f"{unused_rows - queued_unused} unused sentences are not in the queue")
+        doubled_sql = "SELECT COUNT(*) - COUNT(DISTINCT sentence_id) FROM unused_queue"
         doubled = conn.execute(doubled_sql).fetchone()[0]
         if doubled:
-            problems.append(f"{doubled} sentences sit in more than one slot")
-        orphans = conn.execute(
-            "SELECT COUNT(*) FROM unused_slots s JOIN sentences t ON t.id = s.sentence_id WHERE t.used = 1"
+            problems.append(f"{doubled} sentences are queued more than once")
+        behind = conn.execute(
+            "SELECT COUNT(*) FROM unused_queue WHERE clock < (SELECT clock_floor FROM pool_state)"
         ).fetchone()[0]
-        if orphans:
-            problems.append(f"{orphans} slots point at used sentences")
+        if behind:
+            problems.append(f"{behind} queue entries have clocks below the floor")
         return problems

@@ -38,7 +38,7 @@ def test_encycle_true_puts_the_sentence_in_the_no_repeat_pool(instant_client, sh
     assert response.status_code == 200
     stored = shared_pool.get(response.json["id"])
     assert not stored.used and stored.handed_out_at is None
-    unused_ids = {row[0] for row in shared_pool.connect().execute("SELECT sentence_id FROM unused_slots")}
+    unused_ids = {row[0] for row in shared_pool.connect().execute("SELECT sentence_id FROM unused_queue")}
     assert stored.id in unused_ids
 
 

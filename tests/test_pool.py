@@ -2,7 +2,6 @@
 
 import collections
 import multiprocessing
-import shutil
 import sqlite3
 import time
 
@@ -67,33 +66,38 @@ def test_instant_sentence_not_kept_is_stored_as_used(pool):
 
 
 def test_instant_duplicate_of_unused_sentence_takes_it_out_of_the_pool(pool):
-    pool.add_batch(["重复的话"], model="m")
+    pool.add_batch(["重复的话", "别的话一", "别的话二"], model="m")
     sentence, is_new = pool.add_instant("重复的话。", model="m", keep_unused=False)
     assert not is_new and sentence.used
+    assert pool.counts() == (3, 2)
+    assert {pool.claim_unused().text, pool.claim_unused().text} == {"别的话一", "别的话二"}
     assert pool.claim_unused() is None
+    assert pool.counts() == (3, 0)
     assert pool.check_integrity() == []
 
 
-def test_claims_are_uniform_over_interleaved_used_and_unused(tmp_path):
-    """A sentence after a long used stretch must not be favoured (SPEC §5): chi-square over
-    1,000 first claims from copies of one pool whose 20 unused rows sit among 180 used."""
-    template = Pool(tmp_path / "template.db")
-    template.migrate()
-    fill(template, 200)
-    for _ in range(180):
-        template.claim_unused()
-    template.close()  # checkpoints the WAL so a file copy is the whole pool
-    trials, buckets = 1000, 20
-    first_claims = collections.Counter()
-    for _ in range(trials):
-        shutil.copyfile(template.path, tmp_path / "trial.db")
-        trial_pool = Pool(tmp_path / "trial.db")
-        first_claims[trial_pool.claim_unused().id] += 1
-        trial_pool.close()
-    expected = trials / buckets
-    chi_square = sum((count - expected) ** 2 / expected for count in first_claims.values())
-    assert len(first_claims) == buckets
+def test_claims_are_uniform_over_old_and_new_unused_sentences(pool):
+    """SPEC §5: every unused sentence is equally likely, however long it has waited and
+    whatever was claimed around it. Each of 1,000 rounds adds 20 sentences, claims 10, adds
+    10 more, and records where the next claim falls among the 20 unused ones in insertion
+    order; ranks 11-20 are the newcomers. A queue that favours new or old entries, or an
+    id-based pick skewed by the used ids between them, fails the chi-square."""
+    rounds, unused = 1000, 20
+    ranks = collections.Counter()
+    for round_number in range(rounds):
+        pool.add_batch([f"第{round_number}轮旧句{number}" for number in range(20)], model="m")
+        for _ in range(10):
+            pool.claim_unused()
+        pool.add_batch([f"第{round_number}轮新句{number}" for number in range(10)], model="m")
+        unused_ids = [row[0] for row in pool.connect().execute("SELECT id FROM sentences WHERE used = 0")]
+        assert len(unused_ids) == unused
+        ranks[sorted(unused_ids).index(pool.claim_unused().id)] += 1
+        while pool.claim_unused() is not None:
+            pass
+    expected = rounds / unused
+    chi_square = sum((ranks[rank] - expected) ** 2 / expected for rank in range(unused))
     assert chi_square < 51.2  # df=19, p=0.0001: a false alarm once in 10,000 runs
+    assert pool.check_integrity() == []
 
 
 def _drain(path, start_together, results):
