@@ -31,6 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 5000
+# Start-up waits this long for the write lock: another process may be migrating a large
+# pool (migration 4 queues 5 million unused sentences in about 15 s).
+MIGRATION_BUSY_TIMEOUT_MS = 120_000
 
 # Applied in order; PRAGMA user_version records how many have run. Append, never edit.
 MIGRATIONS = (
@@ -260,7 +263,11 @@ class Pool:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self.connect()
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(f"PRAGMA busy_timeout = {MIGRATION_BUSY_TIMEOUT_MS}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
                 for number, script in enumerate(MIGRATIONS[version:], start=version + 1):

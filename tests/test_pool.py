@@ -3,10 +3,12 @@
 import collections
 import multiprocessing
 import sqlite3
+import threading
 import time
 
 import pytest
 
+from hitokoto import pool as pool_module
 from hitokoto.pool import MIGRATIONS, Pool, PoolError, normalize_key
 from tests.helpers import fill
 
@@ -170,3 +172,22 @@ def test_a_version_1_pool_is_migrated_forward_with_its_data(tmp_path):
     assert pool.counts() == (2, 2)
     assert {pool.claim_unused().text, pool.claim_unused().text} == {"旧句一", "旧句二"}
     assert pool.check_integrity() == []
+
+
+def test_start_up_waits_for_another_process_migrating(tmp_path, monkeypatch):
+    """A process starting while another holds the pool's write lock for longer than a
+    request would wait (e.g. migrating a large pool) waits for it instead of failing."""
+    monkeypatch.setattr(pool_module, "BUSY_TIMEOUT_MS", 100)
+    monkeypatch.setattr(pool_module, "MIGRATION_BUSY_TIMEOUT_MS", 10_000)
+    Pool(tmp_path / "pool.db").migrate()
+    holder = sqlite3.connect(tmp_path / "pool.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    releaser = threading.Timer(1.0, holder.execute, ("COMMIT",))
+    releaser.start()
+    try:
+        with pytest.raises(PoolError):  # a request-sized wait gives up
+            Pool(tmp_path / "pool.db").add_batch(["等不及的话"], model="m")
+        assert Pool(tmp_path / "pool.db").migrate() == len(MIGRATIONS)
+    finally:
+        releaser.join()
+        holder.close()
