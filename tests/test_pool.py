@@ -163,14 +163,18 @@ def test_a_version_1_pool_is_migrated_forward_with_its_data(tmp_path):
     old.execute(
         "INSERT INTO sentences (id, uuid, text, norm_key, source, model, created_at) "
         "VALUES (1, 'u1', '旧句一', '旧句一', 'batch', 'm', '2026-01-01T00:00:00Z'),"
-        " (2, 'u2', '旧句二', '旧句二', 'batch', 'm', '2026-01-01T00:00:00Z')"
+        " (2, 'u2', '旧句二', '旧句二', 'batch', 'm', '2026-01-01T00:00:00Z'),"
+        " (3, 'u3', '旧句三', '旧句三', 'batch', 'm', '2026-01-01T00:00:00Z')"
     )
-    old.execute("INSERT INTO unused_slots (pos, sentence_id) VALUES (1, 1), (2, 2)")
+    old.execute("UPDATE sentences SET used = 1, handed_out_at = created_at WHERE id = 2")
+    old.execute("INSERT INTO unused_slots (pos, sentence_id) VALUES (1, 1), (2, 3)")
     old.close()
     pool = Pool(path)
     assert pool.migrate() == len(MIGRATIONS)
-    assert pool.counts() == (2, 2)
-    assert {pool.claim_unused().text, pool.claim_unused().text} == {"旧句一", "旧句二"}
+    assert pool.counts() == (3, 2)
+    assert {pool.claim_unused().text, pool.claim_unused().text} == {"旧句一", "旧句三"}
+    assert pool.claim_unused() is None
+    assert pool.get(2).handed_out_at == "2026-01-01T00:00:00Z"
     assert pool.check_integrity() == []
 
 
