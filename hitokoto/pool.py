@@ -32,7 +32,7 @@ from pathlib import Path
 
 BUSY_TIMEOUT_MS = 5000
 # Start-up waits this long for the write lock: another process may be migrating a large
-# pool (migration 4 queues 5 million unused sentences in about 15 s).
+# pool (migration 4 queued 5 million unused sentences in 18 s here).
 MIGRATION_BUSY_TIMEOUT_MS = 120_000
 
 # Applied in order; PRAGMA user_version records how many have run. Append, never edit.
