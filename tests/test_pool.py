@@ -1,6 +1,7 @@
 """The SQLite pool: uniform atomic claims, recycling, dedup, schema."""
 
 import collections
+import concurrent.futures
 import multiprocessing
 import sqlite3
 import threading
@@ -133,6 +134,27 @@ def test_concurrent_processes_never_receive_the_same_unused_sentence(tmp_path):
     assert len(set(all_claimed)) == 500
     assert sum(1 for claimed in claimed_lists if claimed) >= 2  # they really ran side by side
     assert Pool(store.path).check_integrity() == []
+
+
+def test_threads_sharing_one_pool_never_receive_the_same_sentence(pool):
+    """16 threads drain 1,600 sentences through one Pool object, as gunicorn's threads do:
+    each thread claims on its own connection, so claims never mix up their rows."""
+    fill(pool, 1600)
+    start_together = threading.Barrier(16)
+
+    def drain() -> list[int]:
+        start_together.wait(timeout=30)
+        claimed = []
+        while (sentence := pool.claim_unused()) is not None:
+            claimed.append(sentence.id)
+        return claimed
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=16) as executor:
+        claimed_lists = list(executor.map(lambda _: drain(), range(16)))
+    all_claimed = [sentence_id for claimed in claimed_lists for sentence_id in claimed]
+    assert len(all_claimed) == len(set(all_claimed)) == 1600
+    assert sum(1 for claimed in claimed_lists if claimed) >= 2
+    assert pool.check_integrity() == []
 
 
 def test_schema_version_is_recorded_and_migration_is_idempotent(pool):
