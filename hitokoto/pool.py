@@ -201,6 +201,14 @@ def _install_capture(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _captures_taken(conn: sqlite3.Connection) -> bool:
+    """Whether this connection copies taken entries into temp.taken (it always should)."""
+    found = conn.execute(
+        "SELECT 1 FROM temp.sqlite_master WHERE type = 'trigger' AND name = 'capture_taken_entry'"
+    ).fetchone()
+    return found is not None
+
+
 def _drain_taken(conn: sqlite3.Connection) -> list[tuple]:
     """The rows this connection's last queue deletion captured (temp.taken), emptied."""
     return conn.execute(_DRAIN_TAKEN_SQL).fetchall()
@@ -406,6 +414,8 @@ class Pool:
                     return _to_sentence(taken[0])
                 if deleted == 0:
                     return None
+                if not _captures_taken(conn):  # never loop through the queue uncaptured
+                    raise PoolError("sentence pool connection lost its capture trigger; restart")
         except sqlite3.Error as exc:
             raise PoolError(f"sentence pool is busy or unwritable: {exc}") from None
 

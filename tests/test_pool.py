@@ -217,3 +217,14 @@ def test_start_up_waits_for_another_process_migrating(tmp_path, monkeypatch):
     finally:
         releaser.join()
         holder.close()
+
+
+def test_a_connection_without_its_capture_trigger_fails_instead_of_emptying_the_queue(pool):
+    """Defence in depth: if a connection ever lost its capture trigger, a claim must stop
+    with an error after one entry, not walk the whole queue marking sentences handed out."""
+    fill(pool, 20)
+    pool.connect().execute("DROP TRIGGER temp.capture_taken_entry")
+    with pytest.raises(PoolError):
+        pool.claim_unused()
+    assert pool.counts() == (20, 19)
+    assert pool.check_integrity() == []
