@@ -4,7 +4,6 @@ thread, not a whole process; port from PORT or config.json."""
 import json
 import multiprocessing
 import os
-import threading
 
 
 def _config_port() -> int:
@@ -28,20 +27,3 @@ accesslog = None if os.environ.get("GUNICORN_ACCESS_LOG") == "off" else "-"  # o
 access_log_format = '%(h)s forwarded-for=%({x-forwarded-for}i)s "%(r)s" %(s)s %(b)s %(M)sms'
 # One shared $HOME/.gunicorn/gunicorn.ctl would clash between instances; we do not use it.
 control_socket_disable = True
-
-
-def post_worker_init(worker):
-    """Start all request threads now. gunicorn's pool starts them one by one as load
-    overlaps, so a worker's memory crept up for tens of thousands of requests (each thread
-    brings its stack and its own SQLite connection: bench/memory.py); started here, the
-    threads' memory is all there once the first requests have touched each of them."""
-    thread_pool = getattr(worker, "tpool", None)  # gthread workers only
-    if thread_pool is None:
-        return
-    all_started = threading.Barrier(worker.cfg.threads)
-    waits = [thread_pool.submit(all_started.wait, 10) for _ in range(worker.cfg.threads)]
-    try:
-        for wait in waits:
-            wait.result()
-    except threading.BrokenBarrierError:
-        worker.log.warning("not every request thread started in time; the rest start on demand")
