@@ -91,16 +91,21 @@ MIGRATIONS = (
         clock_floor REAL NOT NULL,
         unused_count INTEGER NOT NULL
     );
-    INSERT INTO pool_state (id, clock_floor, unused_count) VALUES (1, 0.0, 0);
-    CREATE TRIGGER unused_queue_added AFTER INSERT ON unused_queue
+    INSERT INTO pool_state (id, clock_floor, unused_count)
+    SELECT 1, 0.0, COUNT(*) FROM sentences WHERE used = 0;
+    -- unused_count follows sentences.used itself, whichever path flips it.
+    CREATE TRIGGER sentence_added_unused AFTER INSERT ON sentences WHEN new.used = 0
     BEGIN
         UPDATE pool_state SET unused_count = unused_count + 1;
     END;
+    CREATE TRIGGER sentence_handed_out AFTER UPDATE OF used ON sentences
+    WHEN old.used = 0 AND new.used = 1
+    BEGIN
+        UPDATE pool_state SET unused_count = unused_count - 1;
+    END;
     CREATE TRIGGER unused_queue_taken AFTER DELETE ON unused_queue
     BEGIN
-        UPDATE pool_state
-           SET clock_floor = max(clock_floor, old.clock),
-               unused_count = unused_count - (SELECT 1 - used FROM sentences WHERE id = old.sentence_id);
+        UPDATE pool_state SET clock_floor = max(clock_floor, old.clock);
         UPDATE sentences SET used = 1, handed_out_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
          WHERE id = old.sentence_id AND used = 0;
     END;
@@ -323,11 +328,10 @@ class Pool:
     @staticmethod
     def _hand_out(conn: sqlite3.Connection, sentence_id: int) -> None:
         """Mark a sentence handed out without a claim; its queue entry is skipped later."""
-        cursor = conn.execute(
+        conn.execute(
             "UPDATE sentences SET used = 1, handed_out_at = ? WHERE id = ? AND used = 0",
             (utc_now(), sentence_id),
         )
-        conn.execute("UPDATE pool_state SET unused_count = unused_count - ?", (cursor.rowcount,))
 
     @staticmethod
     def _fetch(conn: sqlite3.Connection, sentence_id: int) -> Sentence | None:
