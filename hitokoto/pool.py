@@ -24,6 +24,7 @@ import dataclasses
 import random
 import sqlite3
 import threading
+import types
 import unicodedata
 import uuid
 from collections.abc import Iterable
@@ -151,14 +152,16 @@ def normalize_key(text: str) -> str:
 
 
 _SENTENCE_COLUMNS = "id, uuid, text, source, model, created_at, used, handed_out_at"
-# The head of the queue is read from the primary key's first entry, so the DELETE hits one row.
+# The head of the queue is read from the primary key's first entries, so the DELETE hits those rows.
 # No RETURNING: with it, the write transaction stays open until Python steps the statement
 # again, which under load means holding the pool's write lock while this thread waits for
 # the GIL (bench/http_throughput.py). Without it, the claim commits inside one sqlite3_step.
+# Taking the k smallest clocks at once is k claims in one statement: they are a uniformly
+# random k-subset, in a uniformly random order (the web claims for several requests at once).
 _CLAIM_SQL = """
     DELETE FROM unused_queue
-     WHERE (clock, sentence_id) = (SELECT clock, sentence_id FROM unused_queue
-                                    ORDER BY clock, sentence_id LIMIT 1)
+     WHERE (clock, sentence_id) IN (SELECT clock, sentence_id FROM unused_queue
+                                     ORDER BY clock, sentence_id LIMIT ?)
 """
 _ENQUEUE_SQL = "INSERT INTO unused_queue (clock, sentence_id) SELECT clock_floor + ?, ? FROM pool_state"
 # Per connection (TEMP objects are private to the connection that makes them): the sentence
@@ -238,20 +241,31 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 
 class Pool:
-    """A handle on one pool file; safe to share between threads (one connection each)."""
+    """A handle on one pool file; safe to share between threads (one connection each).
 
-    def __init__(self, path: str | Path):
+    With one_connection=True every thread uses the same connection instead: only for a
+    caller that never uses the pool from two threads at once (hitokoto.handout).
+    """
+
+    def __init__(self, path: str | Path, one_connection: bool = False):
         self.path = Path(path)
-        self._local = threading.local()
+        self._one_connection = one_connection
+        self._local = types.SimpleNamespace() if one_connection else threading.local()
 
     # -- connections and schema -------------------------------------------------
 
     def connect(self) -> sqlite3.Connection:
-        """This thread's connection, opened on first use (autocommit; explicit BEGINs)."""
+        """This thread's connection (or the one connection), opened on first use (autocommit;
+        explicit BEGINs)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             try:
-                conn = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+                conn = sqlite3.connect(
+                    self.path,
+                    isolation_level=None,
+                    timeout=BUSY_TIMEOUT_MS / 1000,
+                    check_same_thread=not self._one_connection,
+                )
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
                 conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -409,19 +423,28 @@ class Pool:
         Returns None when no unused sentence is left. Two callers, in any processes, never
         receive the same sentence. Raises PoolError when the pool cannot be written.
         """
+        claimed = self.claim_unused_many(1)
+        return claimed[0] if claimed else None
+
+    def claim_unused_many(self, count: int) -> list[Sentence]:
+        """claim_unused() for `count` callers in one statement: distinct sentences, each
+        uniformly random, in a uniformly random order; fewer when the pool runs out."""
         conn = self.connect()
+        claimed: list[tuple] = []
         try:
-            while True:  # more than once only past entries of sentences handed out otherwise
-                deleted = conn.execute(_CLAIM_SQL).rowcount
+            while len(claimed) < count:  # again only past entries of sentences handed out otherwise
+                wanted = count - len(claimed)
+                deleted = conn.execute(_CLAIM_SQL, (wanted,)).rowcount
                 taken = _drain_taken(conn)
-                if taken:
-                    return _to_sentence(taken[0])
-                if deleted == 0:
-                    return None
-                if not _captures_taken(conn):  # never loop through the queue uncaptured
+                claimed += taken
+                if deleted < wanted:  # the queue is empty now
+                    break
+                if not taken and not _captures_taken(conn):  # never walk the queue uncaptured
                     raise PoolError("sentence pool connection lost its capture trigger; restart")
         except sqlite3.Error as exc:
             raise PoolError(f"sentence pool is busy or unwritable: {exc}") from None
+        random.shuffle(claimed)  # whatever order SQLite hands the rows back in
+        return [_to_sentence(row) for row in claimed]
 
     def pick_any(self) -> Sentence | None:
         """A uniformly random sentence from the whole pool, marking nothing; None when empty.
