@@ -10,6 +10,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from hitokoto.api import cached_bp, instant_bp
 from hitokoto.config import Config, load_config
 from hitokoto.errors import register_error_handlers
+from hitokoto.handout import Handout
 from hitokoto.pool import Pool
 from hitokoto.queues import WorkerPresence, connect, instant_queue
 from hitokoto.ratelimit import RateLimits
@@ -40,7 +41,8 @@ def create_app(config: Config | None = None) -> Flask:
         connect(config.redis_url, socket_timeout_s=config.instant_timeout + REDIS_WAIT_SLACK_S)
     )
     limits = RateLimits(config.redis_url, {"instant": config.rate, "cached": config.rate_cached})
-    app.extensions["hitokoto"] = Services(config, pool, queue, WorkerPresence(queue), limits)
+    handout = Handout(config.database)  # opens its connection on first use, after the fork
+    app.extensions["hitokoto"] = Services(config, pool, handout, queue, WorkerPresence(queue), limits)
 
     register_error_handlers(app)
     app.register_blueprint(instant_bp)

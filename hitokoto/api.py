@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 
 from hitokoto.auth import is_authorized
 from hitokoto.errors import ApiError
-from hitokoto.pool import PoolError, Sentence
+from hitokoto.pool import PoolError
 from hitokoto.queues import enqueue_instant, wait_for_outcome
 from hitokoto.services import services
 
@@ -102,22 +102,11 @@ def instant():
     return jsonify(sentence_body(outcome["sentence"], recycled=False))
 
 
-def _pick(recycle: bool) -> tuple[Sentence | None, bool]:
-    pool = services().pool
-    if recycle:
-        sentence = pool.pick_any()
-        return sentence, bool(sentence and sentence.used)
-    sentence = pool.claim_unused()
-    if sentence is not None:
-        return sentence, False
-    return pool.pick_any(), True
-
-
 @cached_bp.route("/hitokoto-cached", methods=["POST"], provide_automatic_options=False)
 def cached():
     recycle = admit_request("recycle", "cached")
     try:
-        sentence, recycled = _pick(recycle)
+        sentence, recycled = services().handout.take(recycle)
     except PoolError as exc:
         log.error("cached request: %s", exc)
         raise ApiError(503, "The sentence pool is unavailable; try again shortly.") from None

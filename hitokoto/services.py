@@ -1,4 +1,5 @@
-"""What a running web app holds: its config, pool, queue and rate limits (built once in create_app)."""
+"""What a running web app holds: its config, pool, the hand-out of pool sentences, queue and
+rate limits (built once in create_app)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from flask import Flask, current_app
 from rq import Queue
 
 from hitokoto.config import Config
+from hitokoto.handout import Handout
 from hitokoto.pool import Pool
 from hitokoto.queues import WorkerPresence
 from hitokoto.ratelimit import RateLimits
@@ -17,6 +19,7 @@ from hitokoto.ratelimit import RateLimits
 class Services:
     config: Config
     pool: Pool
+    handout: Handout
     instant_queue: Queue
     workers: WorkerPresence
     limits: RateLimits
