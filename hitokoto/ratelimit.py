@@ -1,9 +1,12 @@
 """Per-client-IP, per-endpoint rate limits: a moving window kept in Redis, shared by every
 web process, with the `limits` library's strategy and storage.
 
-A request costs one Redis round trip here (one Lua call). Flask-Limiter wrapped the same
-call in about 250 µs of Python per request (bench/http_throughput.py, cProfile), so the
-Flask glue is ours: which limit applies is decided by the view, not looked up per request.
+The concurrent requests of one web process share one Redis round trip (hitokoto.combine): a
+pipeline of the limits library's own moving-window Lua script, one call per request, so
+every request is counted and judged exactly as a lone `MovingWindowRateLimiter.hit` would.
+Flask-Limiter wrapped the same call in about 250 µs of Python per request
+(bench/http_throughput.py, cProfile), so the Flask glue is ours: which limit applies is
+decided by the view, not looked up per request.
 """
 
 from __future__ import annotations
@@ -17,8 +20,9 @@ from limits import RateLimitItem, parse
 from limits.errors import StorageError
 from limits.storage import MemoryStorage, RedisStorage
 from limits.strategies import MovingWindowRateLimiter
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
+from hitokoto.combine import Combiner
 from hitokoto.errors import ApiError
 
 log = logging.getLogger("hitokoto")
@@ -39,28 +43,47 @@ class RateLimits:
 
     def __init__(self, redis_url: str, rates: dict[str, str]):
         self._items: dict[str, RateLimitItem] = {name: parse(rate) for name, rate in rates.items()}
-        redis_storage = RedisStorage(redis_url, wrap_exceptions=True, **_REDIS_OPTIONS)
-        self._shared = MovingWindowRateLimiter(redis_storage)
+        self._storage = RedisStorage(redis_url, wrap_exceptions=True, **_REDIS_OPTIONS)
+        self._shared = MovingWindowRateLimiter(self._storage)
         self._local = MovingWindowRateLimiter(MemoryStorage())
         self._redis_retry_at = 0.0
         self._lock = threading.Lock()
+        self._hits = Combiner(self._hit_batch)
 
     def spend(self, name: str, client: str) -> None:
         """Count one request of `client` against limit `name`; raise a 429 ApiError when over."""
         item = self._items[name]
-        limiter = self._limiter()
-        try:
-            allowed = limiter.hit(item, name, client)
-        except (StorageError, RedisError, OSError) as exc:
-            self._redis_failed(exc)
-            limiter = self._local
-            allowed = limiter.hit(item, name, client)
+        allowed, limiter = self._hits.submit((item, name, client))
         if not allowed:
             headers = _limit_headers(limiter, item, name, client)
             raise ApiError(429, f"Rate limit exceeded ({item}); wait before trying again.", headers=headers)
 
-    def _limiter(self) -> MovingWindowRateLimiter:
-        return self._shared if time.monotonic() >= self._redis_retry_at else self._local
+    def _hit_batch(self, hits: list[tuple]) -> list[tuple[bool, MovingWindowRateLimiter]]:
+        """Count a batch of (item, name, client) hits: in Redis, or in memory while it is down."""
+        if time.monotonic() >= self._redis_retry_at:
+            try:
+                return [(allowed, self._shared) for allowed in self._hit_in_redis(hits)]
+            except (StorageError, RedisError, OSError) as exc:
+                self._redis_failed(exc)
+        return [(self._local.hit(item, name, client), self._local) for item, name, client in hits]
+
+    def _hit_in_redis(self, hits: list[tuple]) -> list[bool]:
+        """What RedisStorage.acquire_entry does per hit (limits 5.8), for a batch in one pipeline."""
+        try:
+            return self._acquire_entries(hits)
+        except NoScriptError:  # a restarted Redis forgot the script; nothing was counted
+            script = self._storage.lua_acquire_moving_window
+            self._storage.get_connection().script_load(script.script)
+            return self._acquire_entries(hits)
+
+    def _acquire_entries(self, hits: list[tuple]) -> list[bool]:
+        storage, script = self._storage, self._storage.lua_acquire_moving_window
+        now = time.time()
+        pipe = storage.get_connection().pipeline(transaction=False)
+        for item, name, client in hits:
+            key = storage.prefixed_key(item.key_for(name, client))
+            pipe.evalsha(script.sha, 1, key, now, item.amount, item.get_expiry(), 1)
+        return [bool(acquired) for acquired in pipe.execute()]
 
     def _redis_failed(self, exc: Exception) -> None:
         with self._lock:

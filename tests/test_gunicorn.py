@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -114,6 +115,26 @@ def test_concurrent_http_claims_never_share_a_sentence(service_dir, tmp_path, po
     assert len(fresh) == pool_size and len(set(fresh)) == pool_size
     assert sum(body["recycled"] for body in bodies) == requests - pool_size
     assert pool.check_integrity() == []
+
+
+def test_concurrent_requests_of_one_client_are_each_counted(service_dir, tmp_path):
+    """Requests arriving together share Redis round trips (hitokoto.ratelimit); each must
+    still be counted once: 7 of 40 simultaneous requests get through, in two processes."""
+    pool = Pool(tmp_path / "limit-pool.db")
+    pool.migrate()
+    fill(pool, 50, prefix="并发限流")
+    with running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="7/3min") as url:
+        start_together = threading.Barrier(40)
+
+        def request(_):
+            start_together.wait(timeout=30)
+            return http_post(url + "/hitokoto-cached", {"gptauth": ACCESS_TOKEN})[0]
+
+        with concurrent.futures.ThreadPoolExecutor(40) as executor:
+            statuses = list(executor.map(request, range(40)))
+    assert statuses.count(200) == 7
+    assert statuses.count(429) == 33
+    assert pool.counts()[1] == 50 - 7  # refused requests claimed nothing
 
 
 @pytest.fixture
