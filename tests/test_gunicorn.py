@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,8 @@ def _listening(url: str) -> bool:
 
 @contextlib.contextmanager
 def running_gunicorn(service_dir, directory, **overrides):
-    """gunicorn with two processes on a free port; yields its URL; checks its log at the end."""
+    """gunicorn with two processes on a free port; yields its URL and master process; checks
+    its log at the end."""
     (directory / "config.json").write_text(json.dumps(raw_config(service_dir, **overrides)))
     port = free_port()
     env = service_env(service_dir) | {
@@ -46,7 +48,7 @@ def running_gunicorn(service_dir, directory, **overrides):
     try:
         wait_until(lambda: process.poll() is not None or _listening(url), timeout_s=30, message="gunicorn")
         assert process.poll() is None, log_path.read_text()
-        yield url
+        yield url, process
     finally:
         stop_process(process)
         assert_clean_log(log_path.read_text())
@@ -57,7 +59,7 @@ def gunicorn_url(service_dir, workers, tmp_path):
     """Shares the pool file with the session's workers."""
     with running_gunicorn(
         service_dir, tmp_path, database=str(service_dir / "pool.db"), rate="100/min", rate_cached="3/min"
-    ) as url:
+    ) as (url, _master):
         yield url
 
 
@@ -72,6 +74,23 @@ def test_cached_rate_limit_is_shared_by_all_gunicorn_processes(gunicorn_url, ser
     statuses = [http_post(gunicorn_url + "/hitokoto-cached", {"gptauth": ACCESS_TOKEN})[0] for _ in range(8)]
     assert statuses.count(200) == 3
     assert statuses.count(429) == 5
+
+
+def _thread_counts(master_pid: int) -> list[int]:
+    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
+    statuses = [Path(f"/proc/{child}/status").read_text() for child in children]
+    return [int(status.split("Threads:")[1].split()[0]) for status in statuses]
+
+
+def test_every_request_thread_starts_with_its_worker(service_dir, tmp_path):
+    """All 32 request threads of each worker exist before any load, so a worker's memory does
+    not creep up as gunicorn would otherwise start them one by one (bench/memory.py)."""
+    with running_gunicorn(service_dir, tmp_path, database=str(tmp_path / "pool.db")) as (_url, master):
+        wait_until(
+            lambda: len(counts := _thread_counts(master.pid)) == 2 and min(counts) > 32,
+            timeout_s=15,
+            message="two workers with all their threads",
+        )
 
 
 def test_bad_config_stops_gunicorn_with_one_line(tmp_path):
@@ -103,7 +122,10 @@ def test_concurrent_http_claims_never_share_a_sentence(service_dir, tmp_path, po
     pool = Pool(tmp_path / "http-pool.db")
     pool.migrate()
     fill(pool, pool_size, prefix="并发")
-    with running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="100000/min") as url:
+    with running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="100000/min") as (
+        url,
+        _master,
+    ):
         with concurrent.futures.ThreadPoolExecutor(clients) as executor:
             bodies = list(
                 executor.map(
@@ -123,7 +145,8 @@ def test_concurrent_requests_of_one_client_are_each_counted(service_dir, tmp_pat
     pool = Pool(tmp_path / "limit-pool.db")
     pool.migrate()
     fill(pool, 50, prefix="并发限流")
-    with running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="7/3min") as url:
+    limited = running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="7/3min")
+    with limited as (url, _master):
         start_together = threading.Barrier(40)
 
         def request(_):
@@ -142,7 +165,10 @@ def plain_gunicorn(service_dir, tmp_path):
     pool = Pool(tmp_path / "pool.db")
     pool.migrate()
     fill(pool, 50)
-    with running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="100000/min") as url:
+    with running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="100000/min") as (
+        url,
+        _master,
+    ):
         yield url
 
 
