@@ -1,8 +1,8 @@
 """The baseline for bench/http_throughput.py: a bare Flask JSON endpoint, no auth, no
 limiter, no database; served by the same gunicorn.conf.py as the real app.
 
-Two more endpoints split the gap between /bare and POST /hitokoto-cached into its floors:
-/bare-redis adds one Redis round trip (a PING, the least a shared rate limit costs) and
+Two more endpoints price the two steps of POST /hitokoto-cached when each request pays its
+own: /bare-redis adds one Redis round trip (a PING, the least a shared rate limit costs) and
 /bare-claim adds one no-repeat claim from the product's pool. Nothing else differs."""
 
 import functools
