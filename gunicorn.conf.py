@@ -5,7 +5,6 @@ import ctypes
 import json
 import multiprocessing
 import os
-import threading
 
 
 def _config_port() -> int:
@@ -39,26 +38,8 @@ def post_fork(server, worker):
     """At most two malloc arenas per web worker instead of glibc's eight per core. Python runs
     one thread at a time (the GIL), so more arenas buy no parallelism, but each keeps its own
     freed pages: with 32 threads spread over 16 arenas a worker's RSS crept up long after
-    warm-up (bench/memory.py: +5.7 % over 10,000 requests; ~2 % with two arenas)."""
+    warm-up (bench/memory.py: +5.7 % over 10,000 requests; 3.2-4.5 % with two arenas)."""
     try:
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, WEB_MALLOC_ARENAS)
     except (OSError, AttributeError):
         pass  # not glibc: that allocator's own policy applies
-
-
-def post_worker_init(worker):
-    """Start all request threads now. gunicorn's pool starts them one by one as load
-    overlaps, so a worker's memory crept up for tens of thousands of requests (each thread
-    brings its stack and its malloc arena: bench/memory.py); started here, that memory is
-    all there after warm-up. Threads hold no SQLite connection of their own (the process's
-    one is in hitokoto.handout), so this no longer multiplies page caches."""
-    thread_pool = getattr(worker, "tpool", None)  # gthread workers only
-    if thread_pool is None:
-        return
-    all_started = threading.Barrier(worker.cfg.threads)
-    waits = [thread_pool.submit(all_started.wait, 10) for _ in range(worker.cfg.threads)]
-    try:
-        for wait in waits:
-            wait.result()
-    except threading.BrokenBarrierError:
-        worker.log.warning("not every request thread started in time; the rest start on demand")

@@ -7,7 +7,6 @@ import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -74,23 +73,6 @@ def test_cached_rate_limit_is_shared_by_all_gunicorn_processes(gunicorn_url, ser
     statuses = [http_post(gunicorn_url + "/hitokoto-cached", {"gptauth": ACCESS_TOKEN})[0] for _ in range(8)]
     assert statuses.count(200) == 3
     assert statuses.count(429) == 5
-
-
-def _thread_counts(master_pid: int) -> list[int]:
-    children = Path(f"/proc/{master_pid}/task/{master_pid}/children").read_text().split()
-    statuses = [Path(f"/proc/{child}/status").read_text() for child in children]
-    return [int(status.split("Threads:")[1].split()[0]) for status in statuses]
-
-
-def test_every_request_thread_starts_with_its_worker(service_dir, tmp_path):
-    """All 32 request threads of each worker exist before any load, so a worker's memory does
-    not creep up as gunicorn would otherwise start them one by one (bench/memory.py)."""
-    with running_gunicorn(service_dir, tmp_path, database=str(tmp_path / "pool.db")) as (_url, master):
-        wait_until(
-            lambda: len(counts := _thread_counts(master.pid)) == 2 and min(counts) > 32,
-            timeout_s=15,
-            message="two workers with all their threads",
-        )
 
 
 def test_bad_config_stops_gunicorn_with_one_line(tmp_path):
