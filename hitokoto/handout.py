@@ -34,6 +34,3 @@ class Handout:
             else:  # no unused sentence was left for this request: the seed's fallback
                 answers.append((self._pool.pick_any(), True))
         return answers
-
-    def close(self) -> None:
-        self._pool.close()
