@@ -47,13 +47,17 @@ def _parse_request(flag_name: str) -> bool:
     return flag
 
 
+def _client_address() -> str:
+    return request.remote_addr or "unknown"
+
+
 def admit_request(flag_name: str, limit_name: str) -> bool:
     """Validate the request, then spend the client's quota; return the flag.
 
     Requests refused here (415, 400, 401) spend no quota: only the limit check follows them.
     """
     flag = _parse_request(flag_name)
-    services().limits.spend(limit_name, request.remote_addr or "unknown")
+    services().limits.spend(limit_name, _client_address())
     return flag
 
 
@@ -104,9 +108,9 @@ def instant():
 
 @cached_bp.route("/hitokoto-cached", methods=["POST"], provide_automatic_options=False)
 def cached():
-    recycle = admit_request("recycle", "cached")
+    recycle = _parse_request("recycle")  # refused here (415, 400, 401): no quota spent
     try:
-        sentence, recycled = services().handout.take(recycle)
+        sentence, recycled = services().handout.take(recycle, _client_address())  # 429 when over
     except PoolError as exc:
         log.error("cached request: %s", exc)
         raise ApiError(503, "The sentence pool is unavailable; try again shortly.") from None

@@ -1,32 +1,55 @@
 """How the web hands out pool sentences: the concurrent requests of one process share one
-pool statement (hitokoto.combine) on the process's one pool connection.
+Redis pipeline for their rate limit and one pool statement for their sentences
+(hitokoto.combine), on the process's one pool connection.
 
-Under load, N requests cost one claim statement of N rows instead of N statements, N write
-transactions and N turns at the write lock (bench/http_throughput.py); a lone request runs
-at once. Every request still gets its own uniformly random unused sentence (Pool.claim_unused_many).
+Under load, N requests cost one round trip and one claim statement of N rows instead of N
+of each, N write transactions and N turns at the write lock, and each request waits for
+one batch, not two (bench/http_throughput.py); a lone request runs at once. Every request
+is still counted and judged on its own, and gets its own uniformly random unused sentence
+(Pool.claim_unused_many).
 """
 
 from __future__ import annotations
 
+import dataclasses
+
+from limits.strategies import MovingWindowRateLimiter
+
 from hitokoto.combine import Combiner
 from hitokoto.pool import Pool, Sentence
+from hitokoto.ratelimit import RateLimits
+
+
+@dataclasses.dataclass(frozen=True)
+class _Refused:
+    limiter: MovingWindowRateLimiter  # the one that counted the refused hit
 
 
 class Handout:
-    """take(recycle) -> (sentence or None when the pool is empty, recycled)."""
+    """take(recycle, client) -> (sentence or None when the pool is empty, recycled), after
+    spending the client's quota on limit `limit_name` (a 429 ApiError when over it)."""
 
-    def __init__(self, path):
+    def __init__(self, path, limits: RateLimits, limit_name: str):
         self._pool = Pool(path, one_connection=True)  # only the leading request touches it
+        self._limits = limits
+        self._limit_name = limit_name
         self._combiner = Combiner(self._serve)
 
-    def take(self, recycle: bool) -> tuple[Sentence | None, bool]:
-        return self._combiner.submit(recycle)
+    def take(self, recycle: bool, client: str) -> tuple[Sentence | None, bool]:
+        answer = self._combiner.submit((recycle, client))
+        if isinstance(answer, _Refused):
+            self._limits.refuse(self._limit_name, client, answer.limiter)
+        return answer
 
-    def _serve(self, recycle_flags: list[bool]) -> list[tuple[Sentence | None, bool]]:
-        claimed = iter(self._pool.claim_unused_many(recycle_flags.count(False)))
+    def _serve(self, requests: list[tuple[bool, str]]) -> list:
+        verdicts = self._limits.hit_many(self._limit_name, [client for _, client in requests])
+        admitted = [recycle for (recycle, _), (allowed, _) in zip(requests, verdicts, strict=True) if allowed]
+        claimed = iter(self._pool.claim_unused_many(admitted.count(False)))
         answers = []
-        for recycle in recycle_flags:
-            if recycle:  # "重样": anything from the whole pool, marking nothing
+        for (recycle, _), (allowed, limiter) in zip(requests, verdicts, strict=True):
+            if not allowed:  # refused requests claim nothing
+                answers.append(_Refused(limiter))
+            elif recycle:  # "重样": anything from the whole pool, marking nothing
                 sentence = self._pool.pick_any()
                 answers.append((sentence, bool(sentence and sentence.used)))
             elif (sentence := next(claimed, None)) is not None:

@@ -15,6 +15,7 @@ import logging
 import math
 import threading
 import time
+from typing import NoReturn
 
 from limits import RateLimitItem, parse
 from limits.errors import StorageError
@@ -26,6 +27,9 @@ from hitokoto.combine import Combiner
 from hitokoto.errors import ApiError
 
 log = logging.getLogger("hitokoto")
+
+# Whether a hit was allowed, and the limiter that counted it (Redis, or memory while Redis is down).
+Verdict = tuple[bool, MovingWindowRateLimiter]
 
 # Redis for limits must fail fast: a request should not hang because Redis is down.
 _REDIS_OPTIONS = {"socket_connect_timeout": 1, "socket_timeout": 2}
@@ -52,13 +56,23 @@ class RateLimits:
 
     def spend(self, name: str, client: str) -> None:
         """Count one request of `client` against limit `name`; raise a 429 ApiError when over."""
-        item = self._items[name]
-        allowed, limiter = self._hits.submit((item, name, client))
+        allowed, limiter = self._hits.submit((self._items[name], name, client))
         if not allowed:
-            headers = _limit_headers(limiter, item, name, client)
-            raise ApiError(429, f"Rate limit exceeded ({item}); wait before trying again.", headers=headers)
+            self.refuse(name, client, limiter)
 
-    def _hit_batch(self, hits: list[tuple]) -> list[tuple[bool, MovingWindowRateLimiter]]:
+    def hit_many(self, name: str, clients: list[str]) -> list[Verdict]:
+        """Count one request per entry of `clients` against limit `name`, for a caller that
+        batches its requests itself (hitokoto.handout); give each refused one to refuse()."""
+        item = self._items[name]
+        return self._hit_batch([(item, name, client) for client in clients])
+
+    def refuse(self, name: str, client: str, limiter: MovingWindowRateLimiter) -> NoReturn:
+        """Raise the 429 for a request that was over its limit (counted by `limiter`)."""
+        item = self._items[name]
+        headers = _limit_headers(limiter, item, name, client)
+        raise ApiError(429, f"Rate limit exceeded ({item}); wait before trying again.", headers=headers)
+
+    def _hit_batch(self, hits: list[tuple]) -> list[Verdict]:
         """Count a batch of (item, name, client) hits: in Redis, or in memory while it is down."""
         if time.monotonic() >= self._redis_retry_at:
             try:
