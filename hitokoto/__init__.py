@@ -41,7 +41,8 @@ def create_app(config: Config | None = None) -> Flask:
         connect(config.redis_url, socket_timeout_s=config.instant_timeout + REDIS_WAIT_SLACK_S)
     )
     limits = RateLimits(config.redis_url, {"instant": config.rate, "cached": config.rate_cached})
-    handout = Handout(config.database, limits, "cached")  # opens its connection after the fork
+    # One connection per web process, opened on first use (after the fork).
+    handout = Handout(Pool(config.database, one_connection=True), limits, "cached")
     app.extensions["hitokoto"] = Services(config, pool, handout, queue, WorkerPresence(queue), limits)
 
     register_error_handlers(app)

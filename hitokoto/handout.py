@@ -29,8 +29,8 @@ class Handout:
     """take(recycle, client) -> (sentence or None when the pool is empty, recycled), after
     spending the client's quota on limit `limit_name` (a 429 ApiError when over it)."""
 
-    def __init__(self, path, limits: RateLimits, limit_name: str):
-        self._pool = Pool(path, one_connection=True)  # only the leading request touches it
+    def __init__(self, pool: Pool, limits: RateLimits, limit_name: str):
+        self._pool = pool  # only the leading request touches it: Pool(path, one_connection=True)
         self._limits = limits
         self._limit_name = limit_name
         self._combiner = Combiner(self._serve)
