@@ -1,8 +1,11 @@
 """Cached HTTP throughput: requests/s of POST /hitokoto-cached (auth + limiter + no-repeat
 claim) vs a bare Flask JSON endpoint, same gunicorn.conf.py, same wrk settings, rounds
-alternating in one run; also bare + one Redis round trip and bare + one pool claim per
-request, what the two steps the endpoint must do would cost if every request paid its own
-(the endpoint shares them between concurrent requests: hitokoto/combine.py).
+alternating in one run.
+
+Also, to show what each step costs: bare + one Redis round trip and bare + one pool claim
+per request (the two steps if every request paid its own; the endpoint shares them between
+concurrent requests: hitokoto/combine.py), and the endpoint itself with its rate limit,
+its claim, or both replaced by free stand-ins (bench/free_steps_app.py).
 Needs wrk (apt-get install wrk).
 
     python bench/http_throughput.py [--seconds 10] [--rounds 3] [--connections 32]
@@ -14,6 +17,13 @@ import argparse
 import shutil
 
 from stack import ACCESS_TOKEN, Stack, build_pool, median, post, run_wrk, wrk_post_script
+
+# The endpoint with steps made free (bench/free_steps_app.py): what it would reach if they cost nothing.
+FREE_STEP_ROWS = {
+    "ours, limit + claim free": "'limit', 'claim'",
+    "ours, claim free": "'claim'",
+    "ours, limit free": "'limit'",
+}
 
 
 def main() -> None:
@@ -27,17 +37,20 @@ def main() -> None:
         raise SystemExit("bench: needs wrk (apt-get install wrk)")
     with Stack() as stack:
         build_pool(stack.directory / "pool.db", args.pool).close()
-        ours_url, _ = stack.gunicorn("wsgi:app")
         bare_url, _ = stack.gunicorn("bench.bare_app:app")
-        status, body = post(ours_url + "/hitokoto-cached", {"gptauth": ACCESS_TOKEN})
-        assert status == 200 and body["recycled"] is False, body
-        script = wrk_post_script()
         endpoints = {
             "bare": bare_url + "/bare",
             "bare + 1 Redis trip/request": bare_url + "/bare-redis",
             "bare + 1 pool claim/request": bare_url + "/bare-claim",
-            "ours": ours_url + "/hitokoto-cached",
         }
+        for label, free_steps in FREE_STEP_ROWS.items():
+            url, _ = stack.gunicorn(f"bench.free_steps_app:with_free({free_steps})")
+            endpoints[label] = url + "/hitokoto-cached"
+        endpoints["ours"] = stack.gunicorn("wsgi:app")[0] + "/hitokoto-cached"
+        for url in endpoints.values():
+            status, body = post(url, {"gptauth": ACCESS_TOKEN})
+            assert status == 200 and body.get("recycled") is not True, (url, body)
+        script = wrk_post_script()
         results = {label: [] for label in endpoints}
         for _ in range(args.rounds):  # alternating, so machine noise hits every endpoint alike
             for label, url in endpoints.items():
@@ -45,7 +58,7 @@ def main() -> None:
                 if run.failed:
                     raise SystemExit(f"bench: {run.failed} non-2xx responses from {label}")
                 results[label].append(run.requests_per_s)
-                print(f"round: {label:<27} {run.requests_per_s:>7.0f} req/s", flush=True)
+                print(f"round: {label:<28} {run.requests_per_s:>7.0f} req/s", flush=True)
         bare = median(results["bare"])
         print(f"{'endpoint (median of ' + str(args.rounds) + ' rounds)':<34}{'req/s':>8}{'vs bare':>9}")
         for label, rates in results.items():
@@ -53,8 +66,9 @@ def main() -> None:
             print(f"{name:<34}{median(rates):>8.0f}{median(rates) / bare:>9.2f}")
         ratio = median(results["ours"]) / bare
         print(f"ratio ours/bare: {ratio:.2f}   goal ≥ 0.80: {'ok' if ratio >= 0.8 else 'MISSED'}")
-        print("(the middle rows pay one Redis round trip or one pool claim per request; the endpoint")
-        print(" shares both between the requests of a process that arrive together)")
+        print("(bare + 1 …/request: one Redis round trip or one pool claim paid by every request; the")
+        print(" endpoint shares both between the requests of a process that arrive together. ours, …")
+        print(" free: the endpoint with those steps replaced by stand-ins that cost nothing)")
 
 
 if __name__ == "__main__":

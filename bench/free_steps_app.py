@@ -1,0 +1,50 @@
+"""POST /hitokoto-cached with its shared-state steps made free, to price each one under load
+(bench/http_throughput.py). The app is the product's own, from create_app(); only its
+hand-out gets stand-ins: "limit" admits every request without Redis, "claim" hands out one
+fixed sentence without SQLite. Routing, the body and token checks, the group commit and
+the JSON answer are the product's code.
+
+    gunicorn -c gunicorn.conf.py "bench.free_steps_app:with_free('limit', 'claim')"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hitokoto import create_app
+from hitokoto.handout import Handout
+from hitokoto.pool import Pool, Sentence
+
+SENTENCE = Sentence(
+    1, "0" * 32, "风停了，旗子才想起自己是旗子。", "batch", "bench", "2026-11-26T00:00:00Z", False, None
+)
+
+
+class AdmitAll:
+    """A rate limit that counts nothing and refuses nothing."""
+
+    def hit_many(self, name: str, clients: list[str]) -> list[tuple[bool, None]]:
+        return [(True, None)] * len(clients)
+
+
+class OneSentence:
+    """A pool that hands out the same sentence and writes nothing."""
+
+    def claim_unused_many(self, count: int) -> list[Sentence]:
+        return [SENTENCE] * count
+
+    def pick_any(self) -> Sentence:
+        return SENTENCE
+
+
+def with_free(*steps: str):
+    """The real app, its cached hand-out with the named steps ("limit", "claim") made free."""
+    unknown = set(steps) - {"limit", "claim"}
+    if unknown:
+        raise ValueError(f"unknown step(s): {sorted(unknown)}")
+    app = create_app()
+    services = app.extensions["hitokoto"]
+    limits = AdmitAll() if "limit" in steps else services.limits
+    pool = OneSentence() if "claim" in steps else Pool(services.config.database, one_connection=True)
+    app.extensions["hitokoto"] = dataclasses.replace(services, handout=Handout(pool, limits, "cached"))
+    return app
