@@ -24,8 +24,7 @@ def _listening(url: str) -> bool:
 
 @contextlib.contextmanager
 def running_gunicorn(service_dir, directory, **overrides):
-    """gunicorn with two processes on a free port; yields its URL and master process; checks
-    its log at the end."""
+    """gunicorn with two processes on a free port; yields its URL; checks its log at the end."""
     (directory / "config.json").write_text(json.dumps(raw_config(service_dir, **overrides)))
     port = free_port()
     env = service_env(service_dir) | {
@@ -47,7 +46,7 @@ def running_gunicorn(service_dir, directory, **overrides):
     try:
         wait_until(lambda: process.poll() is not None or _listening(url), timeout_s=30, message="gunicorn")
         assert process.poll() is None, log_path.read_text()
-        yield url, process
+        yield url
     finally:
         stop_process(process)
         assert_clean_log(log_path.read_text())
@@ -58,7 +57,7 @@ def gunicorn_url(service_dir, workers, tmp_path):
     """Shares the pool file with the session's workers."""
     with running_gunicorn(
         service_dir, tmp_path, database=str(service_dir / "pool.db"), rate="100/min", rate_cached="3/min"
-    ) as (url, _master):
+    ) as url:
         yield url
 
 
@@ -104,10 +103,7 @@ def test_concurrent_http_claims_never_share_a_sentence(service_dir, tmp_path, po
     pool = Pool(tmp_path / "http-pool.db")
     pool.migrate()
     fill(pool, pool_size, prefix="并发")
-    with running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="100000/min") as (
-        url,
-        _master,
-    ):
+    with running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="100000/min") as url:
         with concurrent.futures.ThreadPoolExecutor(clients) as executor:
             bodies = list(
                 executor.map(
@@ -127,8 +123,7 @@ def test_concurrent_requests_of_one_client_are_each_counted(service_dir, tmp_pat
     pool = Pool(tmp_path / "limit-pool.db")
     pool.migrate()
     fill(pool, 50, prefix="并发限流")
-    limited = running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="7/3min")
-    with limited as (url, _master):
+    with running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="7/3min") as url:
         start_together = threading.Barrier(40)
 
         def request(_):
@@ -147,10 +142,7 @@ def plain_gunicorn(service_dir, tmp_path):
     pool = Pool(tmp_path / "pool.db")
     pool.migrate()
     fill(pool, 50)
-    with running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="100000/min") as (
-        url,
-        _master,
-    ):
+    with running_gunicorn(service_dir, tmp_path, database=str(pool.path), rate_cached="100000/min") as url:
         yield url
 
 
