@@ -64,7 +64,12 @@ class RateLimits:
         """Count one request per entry of `clients` against limit `name`, for a caller that
         batches its requests itself (hitokoto.handout); give each refused one to refuse()."""
         item = self._items[name]
-        return self._hit_batch([(item, name, client) for client in clients])
+        if time.monotonic() >= self._redis_retry_at:
+            try:
+                return [(allowed, self._shared) for allowed in self._hit_in_redis(item, name, clients)]
+            except (StorageError, RedisError, OSError) as exc:
+                self._redis_failed(exc)
+        return [(self._local.hit(item, name, client), self._local) for client in clients]
 
     def refuse(self, name: str, client: str, limiter: MovingWindowRateLimiter) -> NoReturn:
         """Raise the 429 for a request that was over its limit (counted by `limiter`)."""
@@ -72,31 +77,22 @@ class RateLimits:
         headers = _limit_headers(limiter, item, name, client)
         raise ApiError(429, f"Rate limit exceeded ({item}); wait before trying again.", headers=headers)
 
-    def _hit_batch(self, hits: list[tuple]) -> list[Verdict]:
-        """Count a batch of (item, name, client) hits: in Redis, or in memory while it is down."""
-        if time.monotonic() >= self._redis_retry_at:
-            try:
-                return [(allowed, self._shared) for allowed in self._hit_in_redis(hits)]
-            except (StorageError, RedisError, OSError) as exc:
-                self._redis_failed(exc)
-        return [(self._local.hit(item, name, client), self._local) for item, name, client in hits]
-
-    def _hit_in_redis(self, hits: list[tuple]) -> list[bool]:
+    def _hit_in_redis(self, item: RateLimitItem, name: str, clients: list[str]) -> list[bool]:
         """What RedisStorage.acquire_entry does per hit (limits 5.8), for a batch in one pipeline."""
         try:
-            return self._acquire_entries(hits)
+            return self._acquire_entries(item, name, clients)
         except NoScriptError:  # a restarted Redis forgot the script; nothing was counted
             script = self._storage.lua_acquire_moving_window
             self._storage.get_connection().script_load(script.script)
-            return self._acquire_entries(hits)
+            return self._acquire_entries(item, name, clients)
 
-    def _acquire_entries(self, hits: list[tuple]) -> list[bool]:
+    def _acquire_entries(self, item: RateLimitItem, name: str, clients: list[str]) -> list[bool]:
         storage, script = self._storage, self._storage.lua_acquire_moving_window
-        now = time.time()
+        now, amount, expiry = time.time(), item.amount, item.get_expiry()
         pipe = storage.get_connection().pipeline(transaction=False)
-        for item, name, client in hits:
+        for client in clients:
             key = storage.prefixed_key(item.key_for(name, client))
-            pipe.evalsha(script.sha, 1, key, now, item.amount, item.get_expiry(), 1)
+            pipe.evalsha(script.sha, 1, key, now, amount, expiry, 1)
         return [bool(acquired) for acquired in pipe.execute()]
 
     def _redis_failed(self, exc: Exception) -> None:
