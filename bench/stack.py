@@ -104,29 +104,44 @@ def children_of(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def build_pool(path: Path, total: int, unused_every: int = 2) -> Pool:
-    """A pool of `total` sentences built in one SQL statement; every `unused_every`-th one
-    unused (so used and unused rows interleave), the unused ones queued."""
+def build_pool(path: Path, total: int, unused_every: int = 2, claims_per_second: int = 10) -> Pool:
+    """A pool of `total` sentences built in bulk; every `unused_every`-th one unused (so used
+    and unused rows interleave). The used ones were claimed, `claims_per_second` a second, so
+    claim_log is as long as a service that busy would have made it (what a recycle pick of a
+    used sentence reads its hand-out time from)."""
     pool = Pool(path)
     pool.migrate()
     pool.close()
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode = OFF")
     conn.execute("PRAGMA synchronous = OFF")
+    conn.create_function("exponential_clock", 0, exponential_clock)
     conn.execute("BEGIN")
+    # Claimed clocks lie in (0, 1) in id order, below the floor (1.0, 0); unused ones above it.
     conn.execute(
         """
-        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?)
-        INSERT INTO sentences (id, uuid, text, norm_key, source, model, created_at, used)
+        WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :total)
+        INSERT INTO sentence_rows (id, uuid, text, norm_key, source, model, created_at, clock)
         SELECT i, lower(hex(randomblob(16))), '基准句' || i, 'k' || i, 'batch', 'bench',
-               '2026-11-25T00:00:00Z', CASE WHEN i % ? = 0 THEN 0 ELSE 1 END FROM n
+               '2026-01-01T00:00:00Z',
+               CASE WHEN i % :every = 0 THEN 1.0 + exponential_clock() ELSE i / (:total + 1.0) END
+          FROM n
         """,
-        (total, unused_every),
+        {"total": total, "every": unused_every},
     )
-    conn.create_function("exponential_clock", 0, exponential_clock)
     conn.execute(
-        "INSERT INTO unused_queue (clock, sentence_id) "
-        "SELECT exponential_clock(), id FROM sentences WHERE used = 0"
+        """
+        INSERT INTO claim_log (clock_floor, floor_id, claimed_at)
+        SELECT clock, id, strftime('%Y-%m-%dT%H:%M:%SZ', 1767225600 + row / :per_second, 'unixepoch')
+          FROM (SELECT clock, id, row_number() OVER (ORDER BY clock, id) AS row
+                  FROM sentence_rows WHERE clock < 1.0)
+         WHERE row % :per_second = 0
+        """,
+        {"per_second": claims_per_second},
+    )
+    conn.execute(
+        "UPDATE pool_state SET clock_floor = 1.0, floor_id = 0,"
+        " unused_count = (SELECT COUNT(*) FROM sentence_rows WHERE clock > 1.0)"
     )
     conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode = WAL")

@@ -1,21 +1,23 @@
 """The sentence pool in SQLite: every SQL statement about sentences lives here.
 
-Unused sentences wait in ``unused_queue``, each under an exponential clock: when it enters,
-it gets ``pool_state.clock_floor + Exp(1)``. A no-repeat claim deletes the entry with the
-smallest clock, and a trigger raises the floor to that clock and marks the sentence handed
-out. The smallest of iid exponential clocks belongs to a uniformly random entry, and by
-memorylessness the clocks left behind are again iid ``floor + Exp(1)``, exactly like the
-clock of a sentence that enters later: every claim is uniform over the unused sentences
-at that moment, whenever they arrived. A claim is one SQL statement (atomic across
-processes, O(log n)) and it only writes the head of the queue and the claimed sentence's
-row, so at 10 million sentences it touches one cold page, not two (bench/pool_flatness.py).
-Keeping it to one statement matters: a Python lock held across several SQLite calls stalls
-on the GIL when other threads are busy (bench/http_throughput.py measured 0.2x of bare
-Flask that way).
+A sentence entering the no-repeat pool gets a clock, ``pool_state.clock_floor + Exp(1)``,
+stored on its row and never changed. The unused sentences are those with a clock above the
+floor (ties broken by id) that were not handed out some other way. A claim of k sentences
+is one UPDATE that raises the floor to the k-th smallest unused clock: the k sentences it
+passes are handed out. The smallest of iid exponential clocks belongs to a uniformly random
+entry, and by memorylessness the clocks left above the new floor are again iid
+``floor + Exp(1)``, exactly like the clock of a sentence that enters later: every claim is
+uniform over the unused sentences at that moment, whenever they arrived.
+
+A claim writes nothing but ``pool_state`` and the tail of ``claim_log`` (the floor at the end
+of each second with claims, from which a claimed sentence's hand-out time is read): two hot
+pages however large the pool. Marking each claimed sentence's own row instead rewrote a page
+at a random place in a large pool for every sentence (bench/http_throughput.py: that step
+alone took the cached endpoint from 0.90 to 0.63 of bare Flask).
 
 A sentence taken out of the pool some other way (an instant request that produced it again)
-is only marked handed out; its queue entry stays until its clock comes up and is then
-skipped. Removing it early would tell the queue something about the other clocks.
+gets its ``handed_out_at`` set directly, which takes it out of the partial index that claims
+walk. The view ``sentences`` shows every sentence with its used flag and hand-out time.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from pathlib import Path
 
 BUSY_TIMEOUT_MS = 5000
 # Start-up waits this long for the write lock: another process may be migrating a large
-# pool (migration 4 queued 5 million unused sentences in 18 s here).
-MIGRATION_BUSY_TIMEOUT_MS = 120_000
+# pool (migration 4 queued 5 million unused sentences in 18 s here; migration 5 moved 1
+# million clocks onto their rows in 15 s, so ~75 s for 5 million).
+MIGRATION_BUSY_TIMEOUT_MS = 600_000
 
 # Applied in order; PRAGMA user_version records how many have run. Append, never edit.
 MIGRATIONS = (
@@ -115,6 +118,63 @@ MIGRATIONS = (
     DROP TRIGGER unused_slot_taken;
     DROP TABLE unused_slots;
     """,
+    # 5: a claim raises the floor past the sentences it takes instead of deleting their queue
+    # entries and rewriting their rows (see the module docstring): the clock moves onto the
+    # sentence's row, and `sentences` becomes a view that derives the used flag and hand-out
+    # time. sentence_rows.used and .handed_out_at now record hand-outs outside the queue (and
+    # every hand-out before this migration). A sentence that was unused but had lost its queue
+    # entry is queued again rather than left in neither state.
+    """
+    DROP TRIGGER sentence_added_unused;
+    DROP TRIGGER sentence_handed_out;
+    DROP TRIGGER unused_queue_taken;
+    ALTER TABLE sentences RENAME TO sentence_rows;
+    ALTER TABLE sentence_rows ADD COLUMN clock REAL;
+    UPDATE sentence_rows SET handed_out_at = created_at WHERE used = 1 AND handed_out_at IS NULL;
+    UPDATE sentence_rows SET clock = q.clock
+      FROM (SELECT sentence_id, MIN(clock) AS clock FROM unused_queue GROUP BY sentence_id) AS q
+     WHERE q.sentence_id = sentence_rows.id AND sentence_rows.used = 0;
+    UPDATE sentence_rows SET clock = (SELECT clock_floor FROM pool_state) + exponential_clock()
+     WHERE used = 0 AND clock IS NULL;
+    DROP TABLE unused_queue;
+    ALTER TABLE pool_state ADD COLUMN floor_id INTEGER NOT NULL DEFAULT 0;
+    UPDATE pool_state SET unused_count = (SELECT COUNT(*) FROM sentence_rows WHERE used = 0);
+    CREATE INDEX unused_by_clock ON sentence_rows (clock) WHERE handed_out_at IS NULL;
+    CREATE TABLE claim_log (
+        clock_floor REAL NOT NULL,
+        floor_id INTEGER NOT NULL,
+        claimed_at TEXT NOT NULL,
+        PRIMARY KEY (clock_floor, floor_id)
+    ) WITHOUT ROWID;
+    -- One row per second with claims: a claim in the same second as the last one moves that
+    -- row up to the new floor, so the log grows with time, not with traffic.
+    CREATE TRIGGER floor_raised AFTER UPDATE OF clock_floor, floor_id ON pool_state
+    BEGIN
+        DELETE FROM claim_log
+         WHERE (clock_floor, floor_id) = (old.clock_floor, old.floor_id)
+           AND claimed_at = strftime('%Y-%m-%dT%H:%M:%SZ', 'now');
+        INSERT INTO claim_log (clock_floor, floor_id, claimed_at)
+        VALUES (new.clock_floor, new.floor_id, strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));
+    END;
+    CREATE TRIGGER sentence_queued AFTER INSERT ON sentence_rows WHEN new.handed_out_at IS NULL
+    BEGIN
+        UPDATE pool_state SET unused_count = unused_count + 1;
+    END;
+    CREATE TRIGGER sentence_handed_out_directly AFTER UPDATE OF handed_out_at ON sentence_rows
+    WHEN old.handed_out_at IS NULL AND new.handed_out_at IS NOT NULL
+    BEGIN
+        UPDATE pool_state SET unused_count = unused_count - 1;
+    END;
+    CREATE VIEW sentences AS
+    SELECT r.id, r.uuid, r.text, r.norm_key, r.source, r.model, r.created_at,
+           CASE WHEN r.handed_out_at IS NOT NULL OR (r.clock, r.id) <= (p.clock_floor, p.floor_id)
+                THEN 1 ELSE 0 END AS used,
+           COALESCE(r.handed_out_at,
+                    (SELECT c.claimed_at FROM claim_log AS c
+                      WHERE (c.clock_floor, c.floor_id) >= (r.clock, r.id)
+                      ORDER BY c.clock_floor, c.floor_id LIMIT 1)) AS handed_out_at
+      FROM sentence_rows AS r JOIN pool_state AS p;
+    """,
 )
 
 
@@ -152,38 +212,50 @@ def normalize_key(text: str) -> str:
 
 
 _SENTENCE_COLUMNS = "id, uuid, text, source, model, created_at, used, handed_out_at"
-# The head of the queue is read from the primary key's first entries, so the DELETE hits those rows.
+_UNUSED = "handed_out_at IS NULL AND (clock, id) > (SELECT clock_floor, floor_id FROM pool_state)"
+# One statement, so it is atomic across processes: raise the floor to the k-th smallest unused
+# (clock, id) and count the k off. It walks the partial index from the floor (hot pages) and
+# writes pool_state and, by trigger, claim_log. The k sentences it passes are a uniformly
+# random k-subset (the web claims for several requests at once); Python shuffles their order.
 # No RETURNING: with it, the write transaction stays open until Python steps the statement
 # again, which under load means holding the pool's write lock while this thread waits for
 # the GIL (bench/http_throughput.py). Without it, the claim commits inside one sqlite3_step.
-# Taking the k smallest clocks at once is k claims in one statement: they are a uniformly
-# random k-subset, in a uniformly random order (the web claims for several requests at once).
-_CLAIM_SQL = """
-    DELETE FROM unused_queue
-     WHERE (clock, sentence_id) IN (SELECT clock, sentence_id FROM unused_queue
-                                     ORDER BY clock, sentence_id LIMIT ?)
+_CLAIM_SQL = f"""
+    WITH taken AS (SELECT clock, id FROM sentence_rows WHERE {_UNUSED} ORDER BY clock, id LIMIT ?)
+    UPDATE pool_state
+       SET (clock_floor, floor_id, unused_count) =
+           (SELECT clock, id, unused_count - (SELECT COUNT(*) FROM taken)
+              FROM taken ORDER BY clock DESC, id DESC LIMIT 1)
+     WHERE EXISTS (SELECT 1 FROM taken)
 """
-_ENQUEUE_SQL = "INSERT INTO unused_queue (clock, sentence_id) SELECT clock_floor + ?, ? FROM pool_state"
-# Per connection (TEMP objects are private to the connection that makes them): the sentence
-# behind a queue entry this connection deletes is copied into temp.taken by the same
-# statement, so the claimed row is read back without a second transaction on the pool file.
-# BEFORE, so it sees the sentence as it was: an entry whose sentence was already handed out
-# (see the module docstring) captures nothing and the claim moves on to the next entry.
+# Per connection (TEMP objects are private to the connection that makes them): the sentences
+# a claim by this connection passes are copied into temp.taken by the same statement, with the
+# claim's time as claim_log has it ('now' is fixed for the whole statement), so the claimed
+# rows are read back without a second transaction on the pool file.
 _CAPTURE_TAKEN_SQL = f"""
     CREATE TEMP TABLE IF NOT EXISTS taken ({_SENTENCE_COLUMNS});
-    CREATE TEMP TRIGGER IF NOT EXISTS capture_taken_entry BEFORE DELETE ON main.unused_queue
+    CREATE TEMP TRIGGER IF NOT EXISTS capture_taken AFTER UPDATE OF clock_floor, floor_id ON main.pool_state
     BEGIN
         INSERT INTO taken
         SELECT id, uuid, text, source, model, created_at, 1, strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
-          FROM sentences WHERE id = old.sentence_id AND used = 0;
+          FROM sentence_rows
+         WHERE handed_out_at IS NULL
+           AND (clock, id) > (old.clock_floor, old.floor_id)
+           AND (clock, id) <= (new.clock_floor, new.floor_id);
     END;
 """
 _DRAIN_TAKEN_SQL = f"DELETE FROM temp.taken RETURNING {_SENTENCE_COLUMNS}"
+_INSERT_SQL = """
+    INSERT OR IGNORE INTO sentence_rows
+           (uuid, text, norm_key, source, model, created_at, used, handed_out_at, clock)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, (SELECT clock_floor FROM pool_state) + ?)
+"""
+_HAND_OUT_SQL = f"UPDATE sentence_rows SET used = 1, handed_out_at = ? WHERE id = ? AND {_UNUSED}"
 _PICK_SQL = f"""
     SELECT {_SENTENCE_COLUMNS} FROM sentences
      WHERE id = (SELECT low + abs(random()) % (high - low + 1)
-                   FROM (SELECT (SELECT MIN(id) FROM sentences) AS low,
-                                (SELECT MAX(id) FROM sentences) AS high))
+                   FROM (SELECT (SELECT MIN(id) FROM sentence_rows) AS low,
+                                (SELECT MAX(id) FROM sentence_rows) AS high))
 """
 
 
@@ -200,26 +272,11 @@ def exponential_clock() -> float:
 
 
 def _install_capture(conn: sqlite3.Connection) -> None:
-    """Create this connection's temp.taken and its trigger, once the pool has its schema."""
-    has_queue = conn.execute(
-        "SELECT 1 FROM main.sqlite_master WHERE type = 'table' AND name = 'unused_queue'"
-    ).fetchone()
-    if has_queue:
+    """Create this connection's temp.taken and its trigger, once the pool has its
+    current schema (a pool still to be migrated gets them after migrating)."""
+    if conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS):
         for statement in _statements(_CAPTURE_TAKEN_SQL):
             conn.execute(statement)
-
-
-def _captures_taken(conn: sqlite3.Connection) -> bool:
-    """Whether this connection copies taken entries into temp.taken (it always should)."""
-    found = conn.execute(
-        "SELECT 1 FROM temp.sqlite_master WHERE type = 'trigger' AND name = 'capture_taken_entry'"
-    ).fetchone()
-    return found is not None
-
-
-def _drain_taken(conn: sqlite3.Connection) -> list[tuple]:
-    """The rows this connection's last queue deletion captured (temp.taken), emptied."""
-    return conn.execute(_DRAIN_TAKEN_SQL).fetchall()
 
 
 def _statements(script: str) -> list[str]:
@@ -302,7 +359,7 @@ class Pool:
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {number}")
                 conn.execute("COMMIT")
-                _install_capture(conn)  # the queue may have just been created
+                _install_capture(conn)  # the schema may have just become current
             except BaseException:
                 _rollback(conn)
                 raise
@@ -332,20 +389,12 @@ class Pool:
             _rollback(conn)
             raise
 
-    # -- the queue -------------------------------------------------------------
-
-    @staticmethod
-    def _enqueue(conn: sqlite3.Connection, sentence_id: int) -> None:
-        """Put a sentence in the no-repeat pool, under a clock of floor + Exp(1)."""
-        conn.execute(_ENQUEUE_SQL, (exponential_clock(), sentence_id))
+    # -- rows -------------------------------------------------------------------
 
     @staticmethod
     def _hand_out(conn: sqlite3.Connection, sentence_id: int) -> None:
-        """Mark a sentence handed out without a claim; its queue entry is skipped later."""
-        conn.execute(
-            "UPDATE sentences SET used = 1, handed_out_at = ? WHERE id = ? AND used = 0",
-            (utc_now(), sentence_id),
-        )
+        """Mark an unused sentence handed out without a claim (a no-op for a used one)."""
+        conn.execute(_HAND_OUT_SQL, (utc_now(), sentence_id))
 
     @staticmethod
     def _fetch(conn: sqlite3.Connection, sentence_id: int) -> Sentence | None:
@@ -354,26 +403,28 @@ class Pool:
         ).fetchone()
         return _to_sentence(row)
 
-    # -- writes -----------------------------------------------------------------
-
     @staticmethod
     def _insert(conn: sqlite3.Connection, text: str, source: str, model: str, used: bool) -> int | None:
-        """Insert one sentence; returns its id, or None when its normalised text exists."""
+        """Insert one sentence, handed out already or unused under a clock of floor + Exp(1);
+        returns its id, or None when its normalised text exists."""
+        now = utc_now()
         cursor = conn.execute(
-            "INSERT OR IGNORE INTO sentences (uuid, text, norm_key, source, model, created_at, used,"
-            " handed_out_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            _INSERT_SQL,
             (
                 str(uuid.uuid4()),
                 text,
                 normalize_key(text),
                 source,
                 model,
-                utc_now(),
+                now,
                 int(used),
-                utc_now() if used else None,
+                now if used else None,
+                None if used else exponential_clock(),
             ),
         )
         return cursor.lastrowid if cursor.rowcount == 1 else None
+
+    # -- writes -----------------------------------------------------------------
 
     def add_instant(self, text: str, model: str, keep_unused: bool) -> tuple[Sentence, bool]:
         """Store a sentence generated for an instant request.
@@ -387,11 +438,9 @@ class Pool:
         def work(conn):
             new_id = self._insert(conn, text, "instant", model, used=not keep_unused)
             if new_id is not None:
-                if keep_unused:
-                    self._enqueue(conn, new_id)
                 return self._fetch(conn, new_id), True
             existing_id = conn.execute(
-                "SELECT id FROM sentences WHERE norm_key = ?", (normalize_key(text),)
+                "SELECT id FROM sentence_rows WHERE norm_key = ?", (normalize_key(text),)
             ).fetchone()[0]
             if not keep_unused:
                 self._hand_out(conn, existing_id)
@@ -409,7 +458,6 @@ class Pool:
                 if new_id is None:
                     duplicate += 1
                 else:
-                    self._enqueue(conn, new_id)
                     new += 1
             return AddResult(new, duplicate)
 
@@ -429,22 +477,20 @@ class Pool:
     def claim_unused_many(self, count: int) -> list[Sentence]:
         """claim_unused() for `count` callers in one statement: distinct sentences, each
         uniformly random, in a uniformly random order; fewer when the pool runs out."""
+        if count < 1:
+            return []
         conn = self.connect()
-        claimed: list[tuple] = []
         try:
-            while len(claimed) < count:  # again only past entries of sentences handed out otherwise
-                wanted = count - len(claimed)
-                deleted = conn.execute(_CLAIM_SQL, (wanted,)).rowcount
-                taken = _drain_taken(conn)
-                claimed += taken
-                if deleted < wanted:  # the queue is empty now
-                    break
-                if not taken and not _captures_taken(conn):  # never walk the queue uncaptured
-                    raise PoolError("sentence pool connection lost its capture trigger; restart")
+            changes_before = conn.total_changes  # (cursor.rowcount is -1 for a statement opening with WITH)
+            conn.execute(_CLAIM_SQL, (count,))
+            floor_raised = conn.total_changes != changes_before
+            claimed = [_to_sentence(row) for row in conn.execute(_DRAIN_TAKEN_SQL)]
+            if floor_raised and not claimed:  # the claim cannot tell what it took
+                raise PoolError("sentence pool connection lost its capture trigger; restart")
         except sqlite3.Error as exc:
             raise PoolError(f"sentence pool is busy or unwritable: {exc}") from None
         random.shuffle(claimed)  # whatever order SQLite hands the rows back in
-        return [_to_sentence(row) for row in claimed]
+        return claimed
 
     def pick_any(self) -> Sentence | None:
         """A uniformly random sentence from the whole pool, marking nothing; None when empty.
@@ -458,7 +504,7 @@ class Pool:
                 row = conn.execute(_PICK_SQL).fetchone()
                 if row is not None:
                     return _to_sentence(row)
-                if conn.execute("SELECT MAX(id) FROM sentences").fetchone()[0] is None:
+                if conn.execute("SELECT MAX(id) FROM sentence_rows").fetchone()[0] is None:
                     return None
         except sqlite3.Error as exc:
             raise PoolError(f"sentence pool cannot be read: {exc}") from None
@@ -472,31 +518,30 @@ class Pool:
     def counts(self) -> tuple[int, int]:
         """(total sentences, unused sentences), read without a scan."""
         conn = self.connect()
-        total = conn.execute("SELECT COALESCE(MAX(id), 0) FROM sentences").fetchone()[0]
+        total = conn.execute("SELECT COALESCE(MAX(id), 0) FROM sentence_rows").fetchone()[0]
         return total, conn.execute("SELECT unused_count FROM pool_state").fetchone()[0]
 
     def check_integrity(self) -> list[str]:
-        """Problems found in the queue and its counts (empty when consistent). Scans: for tests
-        and ops."""
+        """Problems found in the unused sentences and their counts (empty when consistent).
+        Scans: for tests and ops."""
         conn = self.connect()
+
+        def count(where: str) -> int:
+            return conn.execute(f"SELECT COUNT(*) FROM sentence_rows WHERE {where}").fetchone()[0]
+
         problems = []
-        unused_rows = conn.execute("SELECT COUNT(*) FROM sentences WHERE used = 0").fetchone()[0]
+        unused_rows = count(_UNUSED)
         counted = conn.execute("SELECT unused_count FROM pool_state").fetchone()[0]
         if unused_rows != counted:
             problems.append(f"{unused_rows} unused sentences but pool_state counts {counted}")
-        queued_unused = conn.execute(
-            "SELECT COUNT(DISTINCT q.sentence_id) FROM unused_queue q"
-            " JOIN sentences s ON s.id = q.sentence_id WHERE s.used = 0"
-        ).fetchone()[0]
-        if queued_unused != unused_rows:
-            problems.append(f"{unused_rows - queued_unused} unused sentences are not in the queue")
-        doubled_sql = "SELECT COUNT(*) - COUNT(DISTINCT sentence_id) FROM unused_queue"
-        doubled = conn.execute(doubled_sql).fetchone()[0]
-        if doubled:
-            problems.append(f"{doubled} sentences are queued more than once")
-        behind = conn.execute(
-            "SELECT COUNT(*) FROM unused_queue WHERE clock < (SELECT clock_floor FROM pool_state)"
-        ).fetchone()[0]
-        if behind:
-            problems.append(f"{behind} queue entries have clocks below the floor")
+        if unqueued := count("handed_out_at IS NULL AND clock IS NULL"):
+            problems.append(f"{unqueued} sentences are neither queued nor handed out")
+        if mismatched := count("used != (handed_out_at IS NOT NULL)"):
+            problems.append(f"{mismatched} sentences' used flags disagree with their hand-out times")
+        unlogged_floor = conn.execute(
+            "SELECT 1 FROM pool_state p WHERE floor_id != 0 AND NOT EXISTS"
+            " (SELECT 1 FROM claim_log c WHERE (c.clock_floor, c.floor_id) = (p.clock_floor, p.floor_id))"
+        ).fetchone()
+        if unlogged_floor:
+            problems.append("the last claim is missing from claim_log")
         return problems

@@ -34,12 +34,13 @@ def test_instant_sentence_is_generated_and_stored_as_used(instant_client, shared
 
 
 def test_encycle_true_puts_the_sentence_in_the_no_repeat_pool(instant_client, shared_pool):
+    _total, unused_before = shared_pool.counts()
     response = post(instant_client, "/hitokoto", {"gptauth": ACCESS_TOKEN, "encycle": True})
     assert response.status_code == 200
     stored = shared_pool.get(response.json["id"])
     assert not stored.used and stored.handed_out_at is None
-    unused_ids = {row[0] for row in shared_pool.connect().execute("SELECT sentence_id FROM unused_queue")}
-    assert stored.id in unused_ids
+    assert shared_pool.counts()[1] == unused_before + 1
+    assert shared_pool.check_integrity() == []
 
 
 def test_model_output_is_cleaned_before_storing(instant_client, shared_pool, fake_model):

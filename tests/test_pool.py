@@ -201,6 +201,50 @@ def test_a_version_1_pool_is_migrated_forward_with_its_data(tmp_path):
     assert pool.check_integrity() == []
 
 
+def test_a_version_4_pool_keeps_its_queue_and_hand_outs_when_migrated(tmp_path):
+    """Migration 5 moves each queued sentence's clock onto its row: the unused stay unused
+    (a stale queue entry of a sentence handed out directly does not revive it), and the
+    handed-out keep their times."""
+    path = tmp_path / "v4.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.create_function("exponential_clock", 0, pool_module.exponential_clock)
+    for script in MIGRATIONS[:4]:
+        old.executescript(script)
+    old.execute("PRAGMA user_version = 4")
+    old.execute(
+        "INSERT INTO sentences (id, uuid, text, norm_key, source, model, created_at) VALUES"
+        " (1, 'u1', '句一', '句一', 'batch', 'm', '2026-01-01T00:00:00Z'),"
+        " (2, 'u2', '句二', '句二', 'batch', 'm', '2026-01-01T00:00:00Z'),"
+        " (3, 'u3', '句三', '句三', 'batch', 'm', '2026-01-01T00:00:00Z'),"
+        " (4, 'u4', '句四', '句四', 'batch', 'm', '2026-01-01T00:00:00Z')"
+    )
+    old.execute("INSERT INTO unused_queue (clock, sentence_id) VALUES (0.5, 1), (0.7, 2), (0.9, 3), (1.1, 4)")
+    old.execute("DELETE FROM unused_queue WHERE sentence_id = 1")  # a v4 claim
+    old.execute("UPDATE sentences SET used = 1, handed_out_at = '2026-02-02T00:00:00Z' WHERE id = 2")
+    old.close()
+    pool = Pool(path)
+    assert pool.migrate() == len(MIGRATIONS)
+    assert pool.counts() == (4, 2)
+    assert pool.get(1).used and pool.get(1).handed_out_at is not None
+    assert pool.get(2).handed_out_at == "2026-02-02T00:00:00Z"
+    assert {pool.claim_unused().text, pool.claim_unused().text} == {"句三", "句四"}
+    assert pool.claim_unused() is None
+    assert pool.check_integrity() == []
+
+
+def test_each_claimed_sentence_keeps_the_time_of_its_own_claim(pool):
+    """Hand-out times come from the claim that passed each sentence, not from a later one."""
+    fill(pool, 6)
+    first = pool.claim_unused_many(3)
+    while time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) == first[0].handed_out_at:
+        time.sleep(0.05)  # until the clock's second moves on
+    second = pool.claim_unused_many(3)
+    assert first[0].handed_out_at != second[0].handed_out_at
+    for claimed in (first, second):
+        assert len({sentence.handed_out_at for sentence in claimed}) == 1
+        assert [pool.get(sentence.id) for sentence in claimed] == claimed
+
+
 def test_start_up_waits_for_another_process_migrating(tmp_path, monkeypatch):
     """A process starting while another holds the pool's write lock for longer than a
     request would wait (e.g. migrating a large pool) waits for it instead of failing."""
@@ -220,11 +264,11 @@ def test_start_up_waits_for_another_process_migrating(tmp_path, monkeypatch):
         holder.close()
 
 
-def test_a_connection_without_its_capture_trigger_fails_instead_of_emptying_the_queue(pool):
-    """Defence in depth: if a connection ever lost its capture trigger, a claim must stop
-    with an error after one entry, not walk the whole queue marking sentences handed out."""
+def test_a_connection_without_its_capture_trigger_fails_instead_of_handing_out_nothing(pool):
+    """Defence in depth: if a connection ever lost its capture trigger, a claim cannot tell
+    which sentences it took; it must fail, not answer as if the pool were empty."""
     fill(pool, 20)
-    pool.connect().execute("DROP TRIGGER temp.capture_taken_entry")
+    pool.connect().execute("DROP TRIGGER temp.capture_taken")
     with pytest.raises(PoolError):
         pool.claim_unused()
     assert pool.counts() == (20, 19)
