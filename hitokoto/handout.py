@@ -2,7 +2,7 @@
 Redis pipeline for their rate limit and one pool statement for their sentences
 (hitokoto.combine), on the process's one pool connection.
 
-Under load, N requests cost one round trip and one claim statement of N rows instead of N
+Under load, N requests cost one round trip and one claim statement for N sentences instead of N
 of each, N write transactions and N turns at the write lock, and each request waits for
 one batch, not two (bench/http_throughput.py); a lone request runs at once. Every request
 is still counted and judged on its own, and gets its own uniformly random unused sentence
