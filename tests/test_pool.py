@@ -79,6 +79,18 @@ def test_instant_duplicate_of_unused_sentence_takes_it_out_of_the_pool(pool):
     assert pool.check_integrity() == []
 
 
+def test_instant_duplicate_of_a_claimed_sentence_changes_nothing(pool):
+    """A sentence already handed out by a claim stays as it was when an instant request
+    produces it again: same hand-out time, and the unused count is not taken down twice."""
+    pool.add_batch(["说过的话", "没说的话"], model="m")
+    claimed = pool.claim_unused()
+    sentence, is_new = pool.add_instant(claimed.text, model="m", keep_unused=False)
+    assert not is_new and sentence == claimed
+    assert pool.counts() == (2, 1)
+    assert pool.claim_unused().text != claimed.text
+    assert pool.check_integrity() == []
+
+
 @pytest.mark.parametrize("batch", [1, 4], ids=["one claim", "first of four claimed together"])
 def test_claims_are_uniform_over_old_and_new_unused_sentences(pool, batch):
     """SPEC §5: every unused sentence is equally likely, however long it has waited and
