@@ -141,7 +141,7 @@ def build_pool(path: Path, total: int, unused_every: int = 2, claims_per_second:
     )
     conn.execute(
         "UPDATE pool_state SET clock_floor = 1.0, floor_id = 0,"
-        " unused_count = (SELECT COUNT(*) FROM sentence_rows WHERE clock > 1.0)"
+        " unused_count = (SELECT COUNT(*) FROM sentence_rows WHERE (clock, id) > (1.0, 0))"
     )
     conn.execute("COMMIT")
     conn.execute("PRAGMA journal_mode = WAL")
