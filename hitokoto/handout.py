@@ -43,10 +43,11 @@ class Handout:
 
     def _serve(self, requests: list[tuple[bool, str]]) -> list:
         verdicts = self._limits.hit_many(self._limit_name, [client for _, client in requests])
-        admitted = [recycle for (recycle, _), (allowed, _) in zip(requests, verdicts, strict=True) if allowed]
-        claimed = iter(self._pool.claim_unused_many(admitted.count(False)))
+        decided = list(zip(requests, verdicts, strict=True))
+        claims = sum(allowed and not recycle for (recycle, _), (allowed, _) in decided)
+        claimed = iter(self._pool.claim_unused_many(claims))
         answers = []
-        for (recycle, _), (allowed, limiter) in zip(requests, verdicts, strict=True):
+        for (recycle, _), (allowed, limiter) in decided:
             if not allowed:  # refused requests claim nothing
                 answers.append(_Refused(limiter))
             elif recycle:  # "重样": anything from the whole pool, marking nothing
