@@ -16,7 +16,7 @@ from hitokoto.handout import Handout
 from hitokoto.pool import Pool, Sentence
 
 SENTENCE = Sentence(
-    1, "0" * 32, "风停了，旗子才想起自己是旗子。", "batch", "bench", "2026-11-26T00:00:00Z", False, None
+    1, "0" * 32, "风停了，旗子才想起自己是旗子。", "batch", "bench", "2026-11-26T00:00:00Z", False
 )
 
 

@@ -190,8 +190,7 @@ class Sentence:
     source: str
     model: str
     created_at: str
-    used: bool
-    handed_out_at: str | None
+    used: bool  # its hand-out time is Pool.handed_out_at(id): nothing served needs it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +210,7 @@ def normalize_key(text: str) -> str:
     return "".join(ch for ch in folded if unicodedata.category(ch)[0] in "LN")
 
 
-_SENTENCE_COLUMNS = "id, uuid, text, source, model, created_at, used, handed_out_at"
+_SENTENCE_COLUMNS = "id, uuid, text, source, model, created_at, used"
 _UNUSED = "handed_out_at IS NULL AND (clock, id) > (SELECT clock_floor, floor_id FROM pool_state)"
 # One statement, so it is atomic across processes: raise the floor to the k-th smallest unused
 # (clock, id) and count the k off. It walks the partial index from the floor (hot pages) and
@@ -229,15 +228,14 @@ _CLAIM_SQL = f"""
      WHERE EXISTS (SELECT 1 FROM taken)
 """
 # Per connection (TEMP objects are private to the connection that makes them): the sentences
-# a claim by this connection passes are copied into temp.taken by the same statement, with the
-# claim's time as claim_log has it ('now' is fixed for the whole statement), so the claimed
-# rows are read back without a second transaction on the pool file.
+# a claim by this connection passes are copied into temp.taken by the same statement, so the
+# claimed rows are read back without a second transaction on the pool file.
 _CAPTURE_TAKEN_SQL = f"""
     CREATE TEMP TABLE IF NOT EXISTS taken ({_SENTENCE_COLUMNS});
     CREATE TEMP TRIGGER IF NOT EXISTS capture_taken AFTER UPDATE OF clock_floor, floor_id ON main.pool_state
     BEGIN
         INSERT INTO taken
-        SELECT id, uuid, text, source, model, created_at, 1, strftime('%Y-%m-%dT%H:%M:%SZ', 'now')
+        SELECT id, uuid, text, source, model, created_at, 1
           FROM sentence_rows
          WHERE handed_out_at IS NULL
            AND (clock, id) > (old.clock_floor, old.floor_id)
@@ -262,7 +260,7 @@ _PICK_SQL = f"""
 def _to_sentence(row: tuple | None) -> Sentence | None:
     if row is None:
         return None
-    return Sentence(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]), row[7])
+    return Sentence(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
 
 
 def exponential_clock() -> float:
@@ -514,6 +512,12 @@ class Pool:
 
     def get(self, sentence_id: int) -> Sentence | None:
         return self._fetch(self.connect(), sentence_id)
+
+    def handed_out_at(self, sentence_id: int) -> str | None:
+        """When the sentence was handed out (None while unused). For a claimed sentence this is
+        looked up in claim_log, so picks and claims leave it out (for tests and ops)."""
+        row = self.connect().execute("SELECT handed_out_at FROM sentences WHERE id = ?", (sentence_id,))
+        return next(row, (None,))[0]
 
     def counts(self) -> tuple[int, int]:
         """(total sentences, unused sentences), read without a scan."""

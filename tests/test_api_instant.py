@@ -38,7 +38,7 @@ def test_encycle_true_puts_the_sentence_in_the_no_repeat_pool(instant_client, sh
     response = post(instant_client, "/hitokoto", {"gptauth": ACCESS_TOKEN, "encycle": True})
     assert response.status_code == 200
     stored = shared_pool.get(response.json["id"])
-    assert not stored.used and stored.handed_out_at is None
+    assert not stored.used and shared_pool.handed_out_at(response.json["id"]) is None
     assert shared_pool.counts()[1] == unused_before + 1
     assert shared_pool.check_integrity() == []
 

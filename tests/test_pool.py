@@ -31,7 +31,7 @@ def test_every_sentence_is_claimed_exactly_once_then_none(pool):
     fill(pool, 50)
     claimed = [pool.claim_unused() for _ in range(50)]
     assert len({sentence.id for sentence in claimed}) == 50
-    assert all(sentence.used and sentence.handed_out_at for sentence in claimed)
+    assert all(sentence.used and pool.handed_out_at(sentence.id) for sentence in claimed)
     assert all(sentence == pool.get(sentence.id) for sentence in claimed)  # what is stored, as stored
     assert pool.claim_unused() is None
     assert pool.check_integrity() == []
@@ -209,7 +209,7 @@ def test_a_version_1_pool_is_migrated_forward_with_its_data(tmp_path):
     assert pool.counts() == (3, 2)
     assert {pool.claim_unused().text, pool.claim_unused().text} == {"旧句一", "旧句三"}
     assert pool.claim_unused() is None
-    assert pool.get(2).handed_out_at == "2026-01-01T00:00:00Z"
+    assert pool.handed_out_at(2) == "2026-01-01T00:00:00Z"
     assert pool.check_integrity() == []
 
 
@@ -237,8 +237,8 @@ def test_a_version_4_pool_keeps_its_queue_and_hand_outs_when_migrated(tmp_path):
     pool = Pool(path)
     assert pool.migrate() == len(MIGRATIONS)
     assert pool.counts() == (4, 2)
-    assert pool.get(1).used and pool.get(1).handed_out_at is not None
-    assert pool.get(2).handed_out_at == "2026-02-02T00:00:00Z"
+    assert pool.get(1).used and pool.handed_out_at(1) is not None
+    assert pool.handed_out_at(2) == "2026-02-02T00:00:00Z"
     assert {pool.claim_unused().text, pool.claim_unused().text} == {"句三", "句四"}
     assert pool.claim_unused() is None
     assert pool.check_integrity() == []
@@ -248,12 +248,14 @@ def test_each_claimed_sentence_keeps_the_time_of_its_own_claim(pool):
     """Hand-out times come from the claim that passed each sentence, not from a later one."""
     fill(pool, 6)
     first = pool.claim_unused_many(3)
-    while time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()) == first[0].handed_out_at:
+    first_at = {pool.handed_out_at(sentence.id) for sentence in first}
+    while {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())} == first_at:
         time.sleep(0.05)  # until the clock's second moves on
     second = pool.claim_unused_many(3)
-    assert first[0].handed_out_at != second[0].handed_out_at
+    second_at = {pool.handed_out_at(sentence.id) for sentence in second}
+    assert len(first_at) == len(second_at) == 1 and first_at != second_at
+    assert pool.handed_out_at(first[0].id) in first_at  # unchanged by the second claim
     for claimed in (first, second):
-        assert len({sentence.handed_out_at for sentence in claimed}) == 1
         assert [pool.get(sentence.id) for sentence in claimed] == claimed
 
 
