@@ -37,6 +37,17 @@ def test_every_sentence_is_claimed_exactly_once_then_none(pool):
     assert pool.check_integrity() == []
 
 
+def test_claimed_sentences_come_back_exactly_as_stored_whatever_they_hold(pool):
+    """A claim reads its sentences back as JSON: quotes, backslashes, control characters,
+    NUL, emoji and line separators must survive it unchanged."""
+    texts = ['引号"与\\反斜杠', "制表\t符", "表情😀与\u2028分隔", "空字\x00符", "控制\x01\x1f字符"]
+    texts.append("'单引号'")
+    pool.add_batch(texts, "m")
+    claimed = pool.claim_unused_many(len(texts))
+    assert sorted(sentence.text for sentence in claimed) == sorted(texts)
+    assert all(sentence == pool.get(sentence.id) for sentence in claimed)
+
+
 def test_pick_any_marks_nothing(pool):
     fill(pool, 5)
     for _ in range(20):
