@@ -1,8 +1,11 @@
 """POST /hitokoto-cached with its shared-state steps made free, to price each one under load
 (bench/http_throughput.py). The app is the product's own, from create_app(); only its
 hand-out gets stand-ins: "limit" admits every request without Redis, "claim" hands out one
-fixed sentence without SQLite. Routing, the body and token checks, the group commit and
-the JSON answer are the product's code.
+fixed sentence without SQLite, and "sqlite" does the same but first releases the GIL as
+often as a real claim does (the sqlite3 module releases it around every step and reset), to
+show how much of the claim's price under load is those releases rather than SQLite's work.
+Routing, the body and token checks, the group commit and the JSON answer are the product's
+code.
 
     gunicorn -c gunicorn.conf.py "bench.free_steps_app:with_free('limit', 'claim')"
 """
@@ -10,6 +13,7 @@ the JSON answer are the product's code.
 from __future__ import annotations
 
 import dataclasses
+import time
 
 from hitokoto import create_app
 from hitokoto.handout import Handout
@@ -37,14 +41,31 @@ class OneSentence:
         return SENTENCE
 
 
+class GilReleasesOnly(OneSentence):
+    """OneSentence that releases the GIL as often as Pool.claim_unused_many does: a step and
+    a reset for the claim, two steps and a reset to read the claimed sentences back."""
+
+    RELEASES_PER_CLAIM = 5
+
+    def claim_unused_many(self, count: int) -> list[Sentence]:
+        for _ in range(self.RELEASES_PER_CLAIM):
+            time.sleep(0)  # releases the GIL and takes it back, like a short sqlite3 call
+        return super().claim_unused_many(count)
+
+
 def with_free(*steps: str):
-    """The real app, its cached hand-out with the named steps ("limit", "claim") made free."""
-    unknown = set(steps) - {"limit", "claim"}
+    """The real app, its cached hand-out with the named steps ("limit", "claim", "sqlite") made free."""
+    unknown = set(steps) - {"limit", "claim", "sqlite"}
     if unknown:
         raise ValueError(f"unknown step(s): {sorted(unknown)}")
     app = create_app()
     services = app.extensions["hitokoto"]
     limits = AdmitAll() if "limit" in steps else services.limits
-    pool = OneSentence() if "claim" in steps else Pool(services.config.database, one_connection=True)
+    if "claim" in steps:
+        pool = OneSentence()
+    elif "sqlite" in steps:
+        pool = GilReleasesOnly()
+    else:
+        pool = Pool(services.config.database, one_connection=True)
     app.extensions["hitokoto"] = dataclasses.replace(services, handout=Handout(pool, limits, "cached"))
     return app
