@@ -211,7 +211,10 @@ def normalize_key(text: str) -> str:
     return "".join(ch for ch in folded if unicodedata.category(ch)[0] in "LN")
 
 
-_SENTENCE_COLUMNS = "id, uuid, text, source, model, created_at, used"
+# Sentence's fields in order. A claim reads the first six from sentence_rows (whose `used`
+# column is not set by a claim: the view derives it); everything else reads all seven.
+_ROW_COLUMNS = "id, uuid, text, source, model, created_at"
+_SENTENCE_COLUMNS = f"{_ROW_COLUMNS}, used"
 _UNUSED = "handed_out_at IS NULL AND (clock, id) > (SELECT clock_floor, floor_id FROM pool_state)"
 # One statement, so it is atomic across processes: raise the floor to the k-th smallest unused
 # (clock, id) and count the k off. It walks the partial index from the floor (hot pages) and
@@ -234,12 +237,12 @@ _CLAIM_SQL = f"""
 # one JSON array, one row to read back: the sqlite3 module releases the GIL around every step,
 # and under load each release hands the GIL to another thread and waits to get it back.
 # Reading the claimed rows one by one took k + 2 releases, this takes 3 (bench/http_throughput.py).
-_CAPTURE_TAKEN_SQL = """
+_CAPTURE_TAKEN_SQL = f"""
     CREATE TEMP TABLE IF NOT EXISTS taken (sentences TEXT NOT NULL);
     CREATE TEMP TRIGGER IF NOT EXISTS capture_taken AFTER UPDATE OF clock_floor, floor_id ON main.pool_state
     BEGIN
         INSERT INTO taken
-        SELECT json_group_array(json_array(id, uuid, text, source, model, created_at))
+        SELECT json_group_array(json_array({_ROW_COLUMNS}))
           FROM sentence_rows
          WHERE handed_out_at IS NULL
            AND (clock, id) > (old.clock_floor, old.floor_id)
