@@ -34,6 +34,9 @@ class AdmitAll:
 class OneSentence:
     """A pool that hands out the same sentence and writes nothing."""
 
+    def is_empty(self) -> bool:
+        return False
+
     def claim_unused_many(self, count: int) -> list[Sentence]:
         return [SENTENCE] * count
 

@@ -27,13 +27,17 @@ class _Refused:
 
 class Handout:
     """take(recycle, client) -> (sentence or None when the pool is empty, recycled), after
-    spending the client's quota on limit `limit_name` (a 429 ApiError when over it)."""
+    spending the client's quota on limit `limit_name` (a 429 ApiError when over it). While
+    the pool is empty no quota is spent: the client can retry once `batch.py` has filled it."""
 
     def __init__(self, pool: Pool, limits: RateLimits, limit_name: str):
         self._pool = pool  # only the leading request touches it: Pool(path, one_connection=True)
         self._limits = limits
         self._limit_name = limit_name
         self._combiner = Combiner(self._serve)
+        # Rows are never deleted, so once the pool holds a sentence it always will and the
+        # check below costs nothing more.
+        self._pool_has_sentences = False
 
     def take(self, recycle: bool, client: str) -> tuple[Sentence | None, bool]:
         answer = self._combiner.submit((recycle, client))
@@ -42,6 +46,8 @@ class Handout:
         return answer
 
     def _serve(self, requests: list[tuple[bool, str]]) -> list:
+        if not self._has_sentences():  # pool_empty for all, before any quota is spent
+            return [(None, False)] * len(requests)
         verdicts = self._limits.hit_many(self._limit_name, [client for _, client in requests])
         decided = list(zip(requests, verdicts, strict=True))
         claims = sum(allowed and not recycle for (recycle, _), (allowed, _) in decided)
@@ -58,3 +64,8 @@ class Handout:
             else:  # no unused sentence was left for this request: the seed's fallback
                 answers.append((self._pool.pick_any(), True))
         return answers
+
+    def _has_sentences(self) -> bool:
+        if not self._pool_has_sentences:
+            self._pool_has_sentences = not self._pool.is_empty()
+        return self._pool_has_sentences

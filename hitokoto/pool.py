@@ -527,6 +527,14 @@ class Pool:
         row = self.connect().execute("SELECT handed_out_at FROM sentences WHERE id = ?", (sentence_id,))
         return next(row, (None,))[0]
 
+    def is_empty(self) -> bool:
+        """True while the pool has no sentence at all."""
+        try:
+            row = self.connect().execute("SELECT NOT EXISTS (SELECT 1 FROM sentence_rows)").fetchone()
+        except sqlite3.Error as exc:
+            raise PoolError(f"sentence pool cannot be read: {exc}") from None
+        return row[0] == 1
+
     def counts(self) -> tuple[int, int]:
         """(total sentences, unused sentences), read without a scan."""
         conn = self.connect()

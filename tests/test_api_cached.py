@@ -10,6 +10,15 @@ def test_empty_pool_answers_503_pool_empty_with_a_hint(client):
     assert "batch.py" in response.json["error"]["message"]
 
 
+def test_empty_pool_answers_spend_no_quota(make_app):
+    app = make_app(rate_cached="2/min")
+    client = client_for(app)
+    for _ in range(4):  # more than the limit: still pool_empty, never 429
+        assert post(client, "/hitokoto-cached").json["error"]["code"] == "pool_empty"
+    fill(app.extensions["hitokoto"].pool, 3)
+    assert [post(client, "/hitokoto-cached").status_code for _ in range(3)] == [200, 200, 429]
+
+
 def test_success_body_has_hitokoto_fields(client, pool):
     fill(pool, 1)
     response = post(client, "/hitokoto-cached")
