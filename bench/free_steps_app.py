@@ -61,6 +61,8 @@ def with_free(*steps: str):
     unknown = set(steps) - {"limit", "claim", "sqlite"}
     if unknown:
         raise ValueError(f"unknown step(s): {sorted(unknown)}")
+    if {"claim", "sqlite"} <= set(steps):
+        raise ValueError('"claim" (no claim at all) and "sqlite" (its GIL releases only) exclude each other')
     app = create_app()
     services = app.extensions["hitokoto"]
     limits = AdmitAll() if "limit" in steps else services.limits

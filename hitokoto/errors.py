@@ -28,7 +28,6 @@ _DEFAULT_MESSAGES = {
     405: "Only POST is allowed here.",
     413: "The request body is too large.",
     415: "Send the body as JSON with Content-Type: application/json.",
-    429: "Too many requests from this address; wait before trying again.",
     500: "Something went wrong on our side.",
 }
 
