@@ -6,7 +6,9 @@ Also, to show what each step costs: bare + one Redis round trip and bare + one p
 per request (the two steps if every request paid its own; the endpoint shares them between
 concurrent requests: hitokoto/combine.py), and the endpoint itself with its rate limit,
 its claim, or both replaced by free stand-ins (bench/free_steps_app.py); one more keeps only
-the GIL releases of the claim, without SQLite.
+the GIL releases of the claim, without SQLite. For each endpoint it also prints what a
+request cost the web workers (CPU, and how often one of their threads blocked: on I/O, a
+lock or the GIL) and Redis (CPU).
 Needs wrk (apt-get install wrk).
 
     python bench/http_throughput.py [--seconds 10] [--rounds 3] [--connections 32]
@@ -15,9 +17,21 @@ Needs wrk (apt-get install wrk).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 
-from stack import ACCESS_TOKEN, Stack, build_pool, median, post, run_wrk, wrk_post_script
+from stack import (
+    ACCESS_TOKEN,
+    ProcessCounters,
+    Stack,
+    build_pool,
+    children_of,
+    median,
+    post,
+    process_counters,
+    run_wrk,
+    wrk_post_script,
+)
 
 # The endpoint with steps made free (bench/free_steps_app.py): what it would reach if they cost nothing.
 FREE_STEP_ROWS = {
@@ -26,6 +40,47 @@ FREE_STEP_ROWS = {
     "ours, limit free": "'limit'",
     "ours, limit free, claim = GIL only": "'limit', 'sqlite'",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundResult:
+    requests_per_s: float
+    web_cpu_us: float  # per request, all web worker processes
+    web_blocks: float  # voluntary context switches per request, all web worker threads
+    redis_cpu_us: float  # per request
+
+
+def measure(url: str, script: str, args, web_pids: list[int], redis_pid: int) -> RoundResult:
+    """One wrk run, with what each request cost the web workers and Redis."""
+    web_before, redis_before = process_counters(web_pids), process_counters([redis_pid])
+    run = run_wrk(url, script, args.seconds, args.connections)
+    if run.failed:
+        raise SystemExit(f"bench: {run.failed} non-2xx responses from {url}")
+    web: ProcessCounters = process_counters(web_pids) - web_before
+    redis: ProcessCounters = process_counters([redis_pid]) - redis_before
+    per_request = 1 / max(run.requests, 1)
+    return RoundResult(
+        requests_per_s=run.requests_per_s,
+        web_cpu_us=web.cpu_s * 1e6 * per_request,
+        web_blocks=web.voluntary_switches * per_request,
+        redis_cpu_us=redis.cpu_s * 1e6 * per_request,
+    )
+
+
+def report(results: dict[str, list[RoundResult]], rounds: int) -> None:
+    medians = {
+        label: RoundResult(*(median(column) for column in zip(*map(dataclasses.astuple, rows), strict=True)))
+        for label, rows in results.items()
+    }
+    bare = medians["bare"].requests_per_s
+    print(f"median of {rounds} rounds; per request: web CPU, times a web thread blocked, Redis CPU")
+    print(f"{'endpoint':<38}{'req/s':>8}{'vs bare':>9}{'web µs':>8}{'blocks':>8}{'Redis µs':>9}")
+    for label, row in medians.items():
+        name = "POST /hitokoto-cached" if label == "ours" else label
+        print(
+            f"{name:<38}{row.requests_per_s:>8.0f}{row.requests_per_s / bare:>9.2f}"
+            f"{row.web_cpu_us:>8.0f}{row.web_blocks:>8.2f}{row.redis_cpu_us:>9.1f}"
+        )
 
 
 def main() -> None:
@@ -39,34 +94,31 @@ def main() -> None:
         raise SystemExit("bench: needs wrk (apt-get install wrk)")
     with Stack() as stack:
         build_pool(stack.directory / "pool.db", args.pool).close()
-        bare_url, _ = stack.gunicorn("bench.bare_app:app")
-        endpoints = {
-            "bare": bare_url + "/bare",
-            "bare + 1 Redis trip/request": bare_url + "/bare-redis",
-            "bare + 1 pool claim/request": bare_url + "/bare-claim",
+        bare_url, bare_master = stack.gunicorn("bench.bare_app:app")
+        endpoints = {  # label: (url, gunicorn master)
+            "bare": (bare_url + "/bare", bare_master),
+            "bare + 1 Redis trip/request": (bare_url + "/bare-redis", bare_master),
+            "bare + 1 pool claim/request": (bare_url + "/bare-claim", bare_master),
         }
         for label, free_steps in FREE_STEP_ROWS.items():
-            url, _ = stack.gunicorn(f"bench.free_steps_app:with_free({free_steps})")
-            endpoints[label] = url + "/hitokoto-cached"
-        endpoints["ours"] = stack.gunicorn("wsgi:app")[0] + "/hitokoto-cached"
-        for url in endpoints.values():
+            url, master = stack.gunicorn(f"bench.free_steps_app:with_free({free_steps})")
+            endpoints[label] = (url + "/hitokoto-cached", master)
+        url, master = stack.gunicorn("wsgi:app")
+        endpoints["ours"] = (url + "/hitokoto-cached", master)
+        for url, _ in endpoints.values():
             status, body = post(url, {"gptauth": ACCESS_TOKEN})
             assert status == 200 and body.get("recycled") is not True, (url, body)
         script = wrk_post_script()
         results = {label: [] for label in endpoints}
         for _ in range(args.rounds):  # alternating, so machine noise hits every endpoint alike
-            for label, url in endpoints.items():
-                run = run_wrk(url, script, args.seconds, args.connections)
-                if run.failed:
-                    raise SystemExit(f"bench: {run.failed} non-2xx responses from {label}")
-                results[label].append(run.requests_per_s)
-                print(f"round: {label:<36} {run.requests_per_s:>7.0f} req/s", flush=True)
-        bare = median(results["bare"])
-        print(f"{'endpoint (median of ' + str(args.rounds) + ' rounds)':<38}{'req/s':>8}{'vs bare':>9}")
-        for label, rates in results.items():
-            name = "POST /hitokoto-cached" if label == "ours" else label
-            print(f"{name:<38}{median(rates):>8.0f}{median(rates) / bare:>9.2f}")
-        ratio = median(results["ours"]) / bare
+            for label, (url, master) in endpoints.items():
+                result = measure(url, script, args, children_of(master.pid), stack.redis_process.pid)
+                results[label].append(result)
+                print(f"round: {label:<36} {result.requests_per_s:>7.0f} req/s", flush=True)
+        report(results, args.rounds)
+        ratio = median([r.requests_per_s for r in results["ours"]]) / median(
+            [r.requests_per_s for r in results["bare"]]
+        )
         print(f"ratio ours/bare: {ratio:.2f}   goal ≥ 0.80: {'ok' if ratio >= 0.8 else 'MISSED'}")
         print("(bare + 1 …/request: one Redis round trip or one pool claim paid by every request; the")
         print(" endpoint shares both between the requests of a process that arrive together. ours, …")

@@ -104,6 +104,32 @@ def children_of(pid: int) -> list[int]:
     return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
+@dataclasses.dataclass(frozen=True)
+class ProcessCounters:
+    """What some processes have used so far: CPU seconds (all threads, exited ones too) and
+    voluntary context switches (each time a thread blocked: on I/O, a lock or the GIL)."""
+
+    cpu_s: float
+    voluntary_switches: int
+
+    def __sub__(self, earlier: ProcessCounters) -> ProcessCounters:
+        return ProcessCounters(
+            self.cpu_s - earlier.cpu_s, self.voluntary_switches - earlier.voluntary_switches
+        )
+
+
+def process_counters(pids: list[int]) -> ProcessCounters:
+    cpu_s, switches = 0.0, 0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        cpu_s += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        for task in Path(f"/proc/{pid}/task").iterdir():  # switches are counted per thread
+            with contextlib.suppress(OSError):
+                status = (task / "status").read_text()
+                switches += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
+    return ProcessCounters(cpu_s, switches)
+
+
 def build_pool(path: Path, total: int, unused_every: int = 2, claims_per_second: int = 10) -> Pool:
     """A pool of `total` sentences built in bulk; every `unused_every`-th one unused (so used
     and unused rows interleave). The used ones were claimed, `claims_per_second` a second, so
@@ -208,7 +234,9 @@ class Stack(contextlib.ExitStack):
 
     def _start_redis(self) -> str:
         port = free_port()
-        self._spawn(server_command("redis-server", port, self.directory, persist=False), "redis")
+        self.redis_process = self._spawn(
+            server_command("redis-server", port, self.directory, persist=False), "redis"
+        )
         wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1), what="redis-server")
         return f"redis://127.0.0.1:{port}/0"
 
