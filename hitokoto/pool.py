@@ -510,7 +510,7 @@ class Pool:
                 row = conn.execute(_PICK_SQL).fetchone()
                 if row is not None:
                     return _to_sentence(row)
-                if conn.execute("SELECT MAX(id) FROM sentence_rows").fetchone()[0] is None:
+                if self.is_empty():
                     return None
         except sqlite3.Error as exc:
             raise PoolError(f"sentence pool cannot be read: {exc}") from None
