@@ -22,7 +22,6 @@ import shutil
 
 from stack import (
     ACCESS_TOKEN,
-    ProcessCounters,
     Stack,
     build_pool,
     children_of,
@@ -56,8 +55,8 @@ def measure(url: str, script: str, args, web_pids: list[int], redis_pid: int) ->
     run = run_wrk(url, script, args.seconds, args.connections)
     if run.failed:
         raise SystemExit(f"bench: {run.failed} non-2xx responses from {url}")
-    web: ProcessCounters = process_counters(web_pids) - web_before
-    redis: ProcessCounters = process_counters([redis_pid]) - redis_before
+    web = process_counters(web_pids) - web_before
+    redis = process_counters([redis_pid]) - redis_before
     per_request = 1 / max(run.requests, 1)
     return RoundResult(
         requests_per_s=run.requests_per_s,
@@ -67,11 +66,15 @@ def measure(url: str, script: str, args, web_pids: list[int], redis_pid: int) ->
     )
 
 
-def report(results: dict[str, list[RoundResult]], rounds: int) -> None:
-    medians = {
+def medians_of(results: dict[str, list[RoundResult]]) -> dict[str, RoundResult]:
+    """Each endpoint's rounds reduced to one row of per-column medians."""
+    return {
         label: RoundResult(*(median(column) for column in zip(*map(dataclasses.astuple, rows), strict=True)))
         for label, rows in results.items()
     }
+
+
+def report(medians: dict[str, RoundResult], rounds: int) -> None:
     bare = medians["bare"].requests_per_s
     print(f"median of {rounds} rounds; per request: web CPU, times a web thread blocked, Redis CPU")
     print(f"{'endpoint':<38}{'req/s':>8}{'vs bare':>9}{'web µs':>8}{'blocks':>8}{'Redis µs':>9}")
@@ -115,10 +118,9 @@ def main() -> None:
                 result = measure(url, script, args, children_of(master.pid), stack.redis_process.pid)
                 results[label].append(result)
                 print(f"round: {label:<36} {result.requests_per_s:>7.0f} req/s", flush=True)
-        report(results, args.rounds)
-        ratio = median([r.requests_per_s for r in results["ours"]]) / median(
-            [r.requests_per_s for r in results["bare"]]
-        )
+        medians = medians_of(results)
+        report(medians, args.rounds)
+        ratio = medians["ours"].requests_per_s / medians["bare"].requests_per_s
         print(f"ratio ours/bare: {ratio:.2f}   goal ≥ 0.80: {'ok' if ratio >= 0.8 else 'MISSED'}")
         print("(bare + 1 …/request: one Redis round trip or one pool claim paid by every request; the")
         print(" endpoint shares both between the requests of a process that arrive together. ours, …")
