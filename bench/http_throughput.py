@@ -74,6 +74,12 @@ def medians_of(results: dict[str, list[RoundResult]]) -> dict[str, RoundResult]:
     }
 
 
+def paired_ratios(rows: list[RoundResult], baseline_rows: list[RoundResult]) -> list[float]:
+    """requests/s of each round over the baseline's in the same round."""
+    pairs = zip(rows, baseline_rows, strict=True)
+    return [row.requests_per_s / baseline.requests_per_s for row, baseline in pairs]
+
+
 def report(medians: dict[str, RoundResult], rounds: int) -> None:
     bare = medians["bare"].requests_per_s
     print(f"median of {rounds} rounds; per request: web CPU, times a web thread blocked, Redis CPU")
@@ -122,6 +128,8 @@ def main() -> None:
         report(medians, args.rounds)
         ratio = medians["ours"].requests_per_s / medians["bare"].requests_per_s
         print(f"ratio ours/bare: {ratio:.2f}   goal ≥ 0.80: {'ok' if ratio >= 0.8 else 'MISSED'}")
+        paired = paired_ratios(results["ours"], results["bare"])
+        print(f"(round by round, ours/bare ranged {min(paired):.2f}–{max(paired):.2f}: this run's noise)")
         print("(bare + 1 …/request: one Redis round trip or one pool claim paid by every request; the")
         print(" endpoint shares both between the requests of a process that arrive together. ours, …")
         print(" free: the endpoint with those steps replaced by stand-ins that cost nothing; claim = GIL")
