@@ -7,8 +7,9 @@ per request (the two steps if every request paid its own; the endpoint shares th
 concurrent requests: hitokoto/combine.py), and the endpoint itself with its rate limit,
 its claim, or both replaced by free stand-ins (bench/free_steps_app.py); one more keeps only
 the GIL releases of the claim, without SQLite. For each endpoint it also prints what a
-request cost the web workers (CPU, and how often one of their threads blocked: on I/O, a
-lock or the GIL) and Redis (CPU).
+request cost the web workers (CPU, the part of it in the kernel, and how often one of their
+threads blocked: on I/O, a lock or the GIL) and Redis (CPU). bench/instructions.py counts
+the instructions behind the web CPU, which a busy machine does not change.
 Needs wrk (apt-get install wrk).
 
     python bench/http_throughput.py [--seconds 10] [--rounds 3] [--connections 32]
@@ -45,6 +46,7 @@ FREE_STEP_ROWS = {
 class RoundResult:
     requests_per_s: float
     web_cpu_us: float  # per request, all web worker processes
+    web_system_us: float  # the part of web_cpu_us spent in the kernel
     web_blocks: float  # voluntary context switches per request, all web worker threads
     redis_cpu_us: float  # per request
 
@@ -61,6 +63,7 @@ def measure(url: str, script: str, args, web_pids: list[int], redis_pid: int) ->
     return RoundResult(
         requests_per_s=run.requests_per_s,
         web_cpu_us=web.cpu_s * 1e6 * per_request,
+        web_system_us=web.system_cpu_s * 1e6 * per_request,
         web_blocks=web.voluntary_switches * per_request,
         redis_cpu_us=redis.cpu_s * 1e6 * per_request,
     )
@@ -82,13 +85,14 @@ def paired_ratios(rows: list[RoundResult], baseline_rows: list[RoundResult]) -> 
 
 def report(medians: dict[str, RoundResult], rounds: int) -> None:
     bare = medians["bare"].requests_per_s
-    print(f"median of {rounds} rounds; per request: web CPU, times a web thread blocked, Redis CPU")
-    print(f"{'endpoint':<38}{'req/s':>8}{'vs bare':>9}{'web µs':>8}{'blocks':>8}{'Redis µs':>9}")
+    print(f"median of {rounds} rounds; per request: web CPU (of it in the kernel), times a web")
+    print("thread blocked, Redis CPU")
+    print(f"{'endpoint':<38}{'req/s':>8}{'vs bare':>9}{'web µs':>8}{'kernel':>8}{'blocks':>8}{'Redis µs':>9}")
     for label, row in medians.items():
         name = "POST /hitokoto-cached" if label == "ours" else label
         print(
             f"{name:<38}{row.requests_per_s:>8.0f}{row.requests_per_s / bare:>9.2f}"
-            f"{row.web_cpu_us:>8.0f}{row.web_blocks:>8.2f}{row.redis_cpu_us:>9.1f}"
+            f"{row.web_cpu_us:>8.0f}{row.web_system_us:>8.0f}{row.web_blocks:>8.2f}{row.redis_cpu_us:>9.1f}"
         )
 
 

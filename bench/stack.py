@@ -106,28 +106,33 @@ def children_of(pid: int) -> list[int]:
 
 @dataclasses.dataclass(frozen=True)
 class ProcessCounters:
-    """What some processes have used so far: CPU seconds (all threads, exited ones too) and
-    voluntary context switches (each time a thread blocked: on I/O, a lock or the GIL)."""
+    """What some processes have used so far: CPU seconds (all threads, exited ones too), the
+    part of it spent in the kernel, and voluntary context switches (each time a thread
+    blocked: on I/O, a lock or the GIL)."""
 
     cpu_s: float
+    system_cpu_s: float
     voluntary_switches: int
 
     def __sub__(self, earlier: ProcessCounters) -> ProcessCounters:
         return ProcessCounters(
-            self.cpu_s - earlier.cpu_s, self.voluntary_switches - earlier.voluntary_switches
+            self.cpu_s - earlier.cpu_s,
+            self.system_cpu_s - earlier.system_cpu_s,
+            self.voluntary_switches - earlier.voluntary_switches,
         )
 
 
 def process_counters(pids: list[int]) -> ProcessCounters:
-    cpu_s, switches = 0.0, 0
+    user_s, system_s, switches = 0.0, 0.0, 0
     for pid in pids:
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        cpu_s += (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        user_s += int(stat[11]) / os.sysconf("SC_CLK_TCK")  # utime
+        system_s += int(stat[12]) / os.sysconf("SC_CLK_TCK")  # stime
         for task in Path(f"/proc/{pid}/task").iterdir():  # switches are counted per thread
             with contextlib.suppress(OSError):
                 status = (task / "status").read_text()
                 switches += int(re.search(r"^voluntary_ctxt_switches:\s+(\d+)", status, re.M).group(1))
-    return ProcessCounters(cpu_s, switches)
+    return ProcessCounters(user_s + system_s, system_s, switches)
 
 
 def build_pool(path: Path, total: int, unused_every: int = 2, claims_per_second: int = 10) -> Pool:
@@ -240,15 +245,18 @@ class Stack(contextlib.ExitStack):
         wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1), what="redis-server")
         return f"redis://127.0.0.1:{port}/0"
 
-    def gunicorn(self, app: str = "wsgi:app") -> tuple[str, subprocess.Popen]:
-        """gunicorn with the project's gunicorn.conf.py (access log off); returns (url, process)."""
+    def gunicorn(
+        self, app: str = "wsgi:app", wrapper: tuple[str, ...] = (), timeout_s: float = 60
+    ) -> tuple[str, subprocess.Popen]:
+        """gunicorn with the project's gunicorn.conf.py (access log off), run under `wrapper`
+        (e.g. valgrind) when given; returns (url, process)."""
         port = free_port()
         env = {**self.env, "PORT": str(port), "HOST": "127.0.0.1", "GUNICORN_ACCESS_LOG": "off"}
-        command = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app]
+        command = [*wrapper, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", app]
         process = self._spawn(command, f"gunicorn-{app.split(':')[0]}-{port}", env)
         url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1), what="gunicorn")
-        wait_for(lambda: len(children_of(process.pid)) >= 1, what="gunicorn workers")
+        wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1), timeout_s, "gunicorn")
+        wait_for(lambda: len(children_of(process.pid)) >= 1, timeout_s, "gunicorn workers")
         return url, process
 
     def workers(self, *args: str) -> subprocess.Popen:
