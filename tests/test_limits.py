@@ -1,6 +1,10 @@
 """Per-IP, per-endpoint rate limits that really limit."""
 
+import random
+
 import pytest
+from limits import parse
+from limits.strategies import MovingWindowRateLimiter
 
 from tests.helpers import ACCESS_TOKEN, assert_rate_limited, client_for, fill, post
 
@@ -75,3 +79,25 @@ def test_limits_are_shared_by_every_web_process(make_app):
     for _ in range(3):
         assert post(client_for(first, "10.7.7.7"), "/hitokoto-cached").status_code == 200
     assert post(client_for(second, "10.7.7.7"), "/hitokoto-cached").status_code == 429
+
+
+def test_a_batch_of_hits_is_judged_as_the_same_hits_one_by_one(make_app):
+    # The cached endpoint counts the requests that arrive together in one batch.
+    limits = make_app(rate_cached="3/min").extensions["hitokoto"].limits
+    clients = ["10.8.8.1"] * 5 + ["10.8.8.2"] * 2 + ["10.8.8.1"]
+    verdicts = [allowed for allowed, _ in limits.hit_many("cached", clients)]
+    assert verdicts == [True, True, True, False, False, True, True, False]
+    assert [allowed for allowed, _ in limits.hit_many("cached", ["10.8.8.2"] * 2)] == [True, False]
+
+
+def test_batched_hits_agree_with_the_limits_library_hit_by_hit(make_app):
+    limits = make_app(rate_cached="4/min").extensions["hitokoto"].limits
+    storage = limits._storage
+    reference = MovingWindowRateLimiter(storage)
+    item = parse("4/minute")
+    chooser = random.Random(7)
+    for _ in range(12):
+        batch = [f"10.9.9.{chooser.randrange(5)}" for _ in range(chooser.randrange(1, 9))]
+        ours = [allowed for allowed, _ in limits.hit_many("cached", batch)]
+        theirs = [reference.hit(item, "reference", client) for client in batch]
+        assert ours == theirs, batch
