@@ -10,8 +10,8 @@ threads waiting for the GIL or a lock), which is the rest of http_throughput.py'
 Each row starts gunicorn (gunicorn.conf.py: 4 workers × 32 threads here) under callgrind
 twice. Both runs serve the same warm-up, then --requests and 3 × --requests requests from
 --clients keep-alive clients; the difference of the workers' totals over the difference of
-requests leaves start-up and warm-up out. The counts still move a little between runs (bare
-Flask 1.09–1.11 million on 2026-11-30), since valgrind's thread scheduling decides how many
+requests leaves start-up and warm-up out. The counts still move 2–4 % between runs (bare
+Flask 1.07–1.11 million on 2026-11-30), since valgrind's thread scheduling decides how many
 requests share a batch. Needs valgrind (apt-get install valgrind); about 20 minutes.
 
     python bench/instructions.py [--requests 400] [--clients 16] [--rows free limit claim gil ours]
