@@ -42,6 +42,11 @@ FREE_STEP_ROWS = {
 }
 
 
+def free_steps_app(free_steps: str) -> str:
+    """gunicorn's app argument for the real app with FREE_STEP_ROWS' steps made free."""
+    return f"bench.free_steps_app:with_free({free_steps})"
+
+
 @dataclasses.dataclass(frozen=True)
 class RoundResult:
     requests_per_s: float
@@ -114,7 +119,7 @@ def main() -> None:
             "bare + 1 pool claim/request": (bare_url + "/bare-claim", bare_master),
         }
         for label, free_steps in FREE_STEP_ROWS.items():
-            url, master = stack.gunicorn(f"bench.free_steps_app:with_free({free_steps})")
+            url, master = stack.gunicorn(free_steps_app(free_steps))
             endpoints[label] = (url + "/hitokoto-cached", master)
         url, master = stack.gunicorn("wsgi:app")
         endpoints["ours"] = (url + "/hitokoto-cached", master)
