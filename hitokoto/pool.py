@@ -13,8 +13,7 @@ A claim writes nothing but ``pool_state`` and the tail of ``claim_log`` (the flo
 of each second with claims, from which a claimed sentence's hand-out time is read): two hot
 pages however large the pool. Marking each claimed sentence's own row instead rewrote a page
 at a random place in a large pool for every sentence (bench/http_throughput.py: that step
-alone took the cached endpoint from 0.90 to 0.63 of bare Flask). Nor does a claim read those
-rows: the index it walks carries the columns it hands out (migration 6).
+alone took the cached endpoint from 0.90 to 0.63 of bare Flask).
 
 A sentence taken out of the pool some other way (an instant request that produced it again)
 gets its ``handed_out_at`` set directly, which takes it out of the partial index that claims
@@ -38,8 +37,7 @@ from pathlib import Path
 BUSY_TIMEOUT_MS = 5000
 # Start-up waits this long for the write lock: another process may be migrating a large
 # pool (migration 4 queued 5 million unused sentences in 18 s here; migration 5 moved 1
-# million clocks onto their rows in 15 s, so ~75 s for 5 million; migration 6 indexed 10
-# million sentences with their text in 68 s).
+# million clocks onto their rows in 15 s, so ~75 s for 5 million).
 MIGRATION_BUSY_TIMEOUT_MS = 600_000
 
 # Applied in order; PRAGMA user_version records how many have run. Append, never edit.
@@ -178,20 +176,6 @@ MIGRATIONS = (
                       ORDER BY c.clock_floor, c.floor_id LIMIT 1)) AS handed_out_at
       FROM sentence_rows AS r JOIN pool_state AS p;
     """,
-    # 6: the index claims walk carries what a claim hands out, so a claim reads its sentences
-    # from the index entries it passes (adjacent, in clock order) instead of one table row per
-    # sentence, each a descent to a page at a random place in the pool. Under load every claim
-    # descends afresh, because SQLite drops a connection's page cache whenever another process
-    # has committed (bench/http_throughput.py, A/B in one run: the endpoint 0.58 -> 0.71 and
-    # 0.47 -> 0.56 of bare Flask). handed_out_at is listed although it is NULL in every entry:
-    # without it SQLite reads the row to check the index's own WHERE (EXPLAIN QUERY PLAN). The
-    # price is disk: each sentence that entered the pool is stored twice (+54 % file size).
-    """
-    CREATE INDEX unused_by_clock_with_rows
-        ON sentence_rows (clock, id, uuid, text, source, model, created_at, handed_out_at)
-     WHERE handed_out_at IS NULL;
-    DROP INDEX unused_by_clock;
-    """,
 )
 
 
@@ -228,9 +212,7 @@ def normalize_key(text: str) -> str:
 
 
 # Sentence's fields in order. A claim reads the first six from sentence_rows (whose `used`
-# column is not set by a claim: the view derives it), and finds them all in the index
-# unused_by_clock_with_rows: a column added here must be added there too (tests/test_pool.py
-# checks the claim reads no table row). Everything else reads all seven.
+# column is not set by a claim: the view derives it); everything else reads all seven.
 _ROW_COLUMNS = "id, uuid, text, source, model, created_at"
 _SENTENCE_COLUMNS = f"{_ROW_COLUMNS}, used"
 _UNUSED = "handed_out_at IS NULL AND (clock, id) > (SELECT clock_floor, floor_id FROM pool_state)"

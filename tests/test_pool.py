@@ -298,31 +298,3 @@ def test_a_connection_without_its_capture_trigger_fails_instead_of_handing_out_n
         pool.claim_unused()
     assert pool.counts() == (20, 19)
     assert pool.check_integrity() == []
-
-
-def _plan(conn: sqlite3.Connection, statement: str, parameters=()) -> list[str]:
-    return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {statement}", parameters)]
-
-
-def test_a_claim_reads_its_sentences_from_the_index_not_from_their_rows(pool):
-    """Migration 6's reason to exist: under load a claim that read each sentence's own row
-    descended to a page at a random place in the pool per sentence (bench/http_throughput.py).
-    Both statements of a claim must find everything in the index they walk; adding a column to
-    what a claim returns without adding it to the index would silently bring the reads back."""
-    fill(pool, 50)
-    conn = pool.connect()
-    trigger = conn.execute("SELECT sql FROM temp.sqlite_master WHERE name = 'capture_taken'").fetchone()[0]
-    capture_select = trigger.split("INSERT INTO taken", 1)[1].rsplit(";", 1)[0]
-    for bound in ("old.clock_floor", "old.floor_id", "new.clock_floor", "new.floor_id"):
-        capture_select = capture_select.replace(bound, "?")
-    plans = {
-        "claim": _plan(conn, pool_module._CLAIM_SQL, (4,)),
-        "capture": _plan(conn, capture_select, (0.0, 0, 1.0, 10)),
-    }
-    for statement, plan in plans.items():
-        reads = [step for step in plan if "sentence_rows" in step]
-        assert reads, (statement, plan)
-        covered = "USING COVERING INDEX unused_by_clock_with_rows"
-        assert all(covered in step for step in reads), (statement, plan)
-    claimed = pool.claim_unused_many(4)
-    assert [pool.get(sentence.id).text for sentence in claimed] == [sentence.text for sentence in claimed]
