@@ -359,6 +359,11 @@ class Pool:
                 conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             try:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version > len(MIGRATIONS):  # else no claim could capture what it took
+                    raise PoolError(
+                        f"sentence pool {self.path} has schema version {version}, newer than this "
+                        f"HitokotoGPT knows ({len(MIGRATIONS)}); run the version that wrote it"
+                    )
                 for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
                     for statement in _statements(script):
                         conn.execute(statement)

@@ -270,6 +270,22 @@ def test_each_claimed_sentence_keeps_the_time_of_its_own_claim(pool):
         assert [pool.get(sentence.id) for sentence in claimed] == claimed
 
 
+def test_a_pool_from_a_newer_version_is_refused_at_start_up_and_left_as_it_is(pool):
+    """Older code on a newer pool would start, then fail every claim (its capture trigger
+    is only installed on the schema it knows): it must stop at start-up instead."""
+    fill(pool, 3)
+    conn = pool.connect()
+    conn.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    pool.close()
+    newer = Pool(pool.path)
+    with pytest.raises(PoolError, match="newer"):
+        newer.migrate()
+    newer.close()
+    check = sqlite3.connect(pool.path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
+    assert check.execute("SELECT COUNT(*) FROM sentence_rows").fetchone()[0] == 3
+
+
 def test_start_up_waits_for_another_process_migrating(tmp_path, monkeypatch):
     """A process starting while another holds the pool's write lock for longer than a
     request would wait (e.g. migrating a large pool) waits for it instead of failing."""
