@@ -374,6 +374,9 @@ class Pool:
                 _rollback(conn)
                 raise
             return len(MIGRATIONS)
+        except PoolError:
+            self.close()
+            raise
         except sqlite3.Error as exc:
             self.close()
             raise PoolError(f"cannot prepare sentence pool {self.path}: {exc}") from None
