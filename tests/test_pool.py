@@ -282,8 +282,11 @@ def test_a_pool_from_a_newer_version_is_refused_at_start_up_and_left_as_it_is(po
         newer.migrate()
     assert newer._local.conn is None  # closed, like every other refusal at start-up
     check = sqlite3.connect(pool.path)
-    assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
-    assert check.execute("SELECT COUNT(*) FROM sentence_rows").fetchone()[0] == 3
+    try:
+        assert check.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 1
+        assert check.execute("SELECT COUNT(*) FROM sentence_rows").fetchone()[0] == 3
+    finally:
+        check.close()
 
 
 def test_start_up_waits_for_another_process_migrating(tmp_path, monkeypatch):
