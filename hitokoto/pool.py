@@ -236,7 +236,7 @@ _CLAIM_SQL = f"""
 # claimed rows are read back without a second transaction on the pool file. They are copied as
 # one JSON array, one row to read back: 3 sqlite3 steps and resets instead of k + 2 (the claim
 # alone went from 0.58 to 0.63 of bare Flask under load, A/B). The GIL releases around those
-# steps are not what it saves: a claim that kept the GIL throughout was no faster (README).
+# steps are not what it saves: a claim that kept the GIL throughout was no faster (bench/FINDINGS.md).
 _CAPTURE_TAKEN_SQL = f"""
     CREATE TEMP TABLE IF NOT EXISTS taken (sentences TEXT NOT NULL);
     CREATE TEMP TRIGGER IF NOT EXISTS capture_taken AFTER UPDATE OF clock_floor, floor_id ON main.pool_state
