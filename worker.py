@@ -35,14 +35,23 @@ WORKER_TTL_S = 20
 
 
 class ResilientWorker(SimpleWorker):
-    """A SimpleWorker that registers again when Redis lost its state (restarted without
-    persistence), so the web app does not see "no worker" while this one is listening."""
+    """A SimpleWorker that starts an instant job's model call before RQ's bookkeeping
+    (hitokoto.jobs.start_model_call_early), and registers again when Redis lost its state
+    (restarted without persistence), so the web app does not see "no worker" while this one
+    is listening."""
 
     # RQ heartbeats several times per job; one EXISTS each cost 17% of a worker's time
     # (py-spy, bench/instant_latency.py), so the registration is checked at most this often.
     registration_check_interval_s = 5.0
     _next_registration_check = 0.0
     _job_just_dequeued = False
+
+    def execute_job(self, job, queue):
+        hitokoto.jobs.start_model_call_early(job)  # runs during RQ's bookkeeping
+        try:
+            super().execute_job(job, queue)
+        finally:
+            hitokoto.jobs.drop_early_model_call(job)
 
     def reorder_queues(self, reference_queue):
         # RQ calls this only when a job was dequeued. Its next standalone heartbeat (the one

@@ -18,6 +18,8 @@ from hitokoto.config import Config
 
 INSTANT_QUEUE = "instant"
 BATCH_QUEUE = "batch"
+INSTANT_JOB = "hitokoto.jobs.generate_instant"
+BATCH_JOB = "hitokoto.jobs.generate_batch"
 CONNECT_TIMEOUT_S = 2
 # How long finished results and failures stay readable in Redis.
 RESULT_TTL_S = 3600
@@ -85,7 +87,7 @@ def enqueue_instant(queue: Queue, config: Config, keep_unused: bool, presence: W
     still gets its sentence into the pool when a worker reaches it. The same round trip
     counts the workers registered on the queue and tells `presence`."""
     with queue.connection.pipeline() as pipeline:
-        job = _enqueue(queue, config, "hitokoto.jobs.generate_instant", keep_unused, pipeline)
+        job = _enqueue(queue, config, INSTANT_JOB, keep_unused, pipeline)
         pipeline.scard(worker_registration.WORKERS_BY_QUEUE_KEY % queue.name)
         presence.saw(pipeline.execute()[-1])
     return job
@@ -93,7 +95,7 @@ def enqueue_instant(queue: Queue, config: Config, keep_unused: bool, presence: W
 
 def enqueue_batch(queue: Queue, config: Config, count: int) -> Job:
     """Queue one batch job asking the model for `count` sentences in a single call."""
-    return enqueue_job(queue, config, "hitokoto.jobs.generate_batch", count)
+    return enqueue_job(queue, config, BATCH_JOB, count)
 
 
 def publish_outcome(outcome: dict) -> None:

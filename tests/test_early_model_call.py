@@ -1,0 +1,80 @@
+"""A worker starts an instant job's model call as soon as it has the job, while RQ records
+the job as started; the job function takes that call's answer instead of asking again."""
+
+import json
+
+import pytest
+from rq import Queue
+
+import hitokoto.jobs
+from hitokoto.queues import INSTANT_JOB, connect
+from tests.fake_model import Script
+from tests.helpers import wait_until
+from worker import ResilientWorker
+
+
+@pytest.fixture
+def job_context(tmp_path, service_dir, monkeypatch):
+    """Job functions run in this process, on a pool file of their own."""
+    raw = json.loads((service_dir / "config.json").read_text())
+    raw.update(database=str(tmp_path / "early"), model_max_retries=0)
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(raw))
+    monkeypatch.setenv("HITOKOTO_CONFIG", str(config_path))
+    for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    hitokoto.jobs.worker_context.cache_clear()
+    context = hitokoto.jobs.worker_context()
+    yield context
+    context.pool.close()
+    hitokoto.jobs.worker_context.cache_clear()
+
+
+@pytest.fixture
+def queue(redis_url, request):
+    """A queue of this test's own: the session's worker.py processes do not listen on it."""
+    queue = Queue(f"early-{request.node.name}", connection=connect(redis_url))
+    yield queue
+    queue.delete(delete_jobs=True)
+
+
+def test_the_job_takes_the_answer_of_the_call_started_before_it_ran(job_context, queue, fake_model):
+    job = queue.enqueue(INSTANT_JOB, False)
+    hitokoto.jobs.start_model_call_early(job)
+    wait_until(lambda: fake_model.calls == 1, message="the early model call")
+    outcome = job.perform()
+    hitokoto.jobs.drop_early_model_call(job)
+    assert fake_model.calls == 1  # not asked a second time
+    stored = job_context.pool.get(outcome["sentence"]["id"])
+    assert stored.text == outcome["sentence"]["text"] and stored.used
+
+
+def test_a_failed_early_call_is_the_jobs_upstream_error(job_context, queue, fake_model):
+    fake_model.script = Script(status=500)
+    job = queue.enqueue(INSTANT_JOB, True)
+    hitokoto.jobs.start_model_call_early(job)
+    outcome = job.perform()
+    hitokoto.jobs.drop_early_model_call(job)
+    assert outcome["error"]["code"] == "upstream_error"
+    assert fake_model.calls == 1
+    assert job_context.pool.counts() == (0, 0)
+
+
+def test_the_worker_asks_the_model_before_rq_records_the_job_as_started(
+    job_context, queue, fake_model, monkeypatch
+):
+    """RQ's bookkeeping is held until the model has been asked: with no early call, the
+    wait would time out and the test fail."""
+    record_started = ResilientWorker.prepare_job_execution
+
+    def after_the_model_was_asked(worker, job, *args, **kwargs):
+        wait_until(lambda: fake_model.calls == 1, timeout_s=5, message="the model call to start first")
+        return record_started(worker, job, *args, **kwargs)
+
+    monkeypatch.setattr(ResilientWorker, "prepare_job_execution", after_the_model_was_asked)
+    job = queue.enqueue(INSTANT_JOB, False)
+    ResilientWorker([queue], connection=queue.connection).work(burst=True)
+    job.refresh()
+    assert job.is_finished, job.get_status()
+    assert fake_model.calls == 1
+    assert job_context.pool.get(job.return_value()["sentence"]["id"]) is not None
