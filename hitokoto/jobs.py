@@ -6,9 +6,9 @@ import dataclasses
 import functools
 import logging
 import threading
-from concurrent.futures import Future
 
 from rq import get_current_job
+from rq.exceptions import DeserializationError
 from rq.job import Job
 
 from hitokoto.config import Config, load_config
@@ -35,29 +35,55 @@ def worker_context() -> WorkerContext:
     return WorkerContext(config=config, pool=pool, client=make_client(config))
 
 
-# Instant jobs' model calls started by the worker before RQ's bookkeeping, by job id.
-_early_model_calls: dict[str, Future] = {}
+class EarlyModelCall:
+    """An instant job's model call, running in a daemon thread of its own (a worker told to
+    stop at once does not wait for the model); text() waits for its answer."""
+
+    def __init__(self, context: WorkerContext, job_id: str):
+        self._context = context
+        self._answered = threading.Event()
+        self._text: str | None = None
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._call, name=f"model-call-{job_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _call(self) -> None:
+        try:
+            self._text = generate_one(self._context.client, self._context.config)
+        except Exception as exc:  # noqa: BLE001 - raised again by text(), in the job
+            self._error = exc
+        finally:
+            self._answered.set()
+
+    def text(self) -> str:
+        self._answered.wait()
+        if self._error is not None:
+            raise self._error
+        return self._text
+
+
+# Started by the worker before RQ's bookkeeping, by job id; each is taken by its own job.
+_early_model_calls: dict[str, EarlyModelCall] = {}
 
 
 def start_model_call_early(job: Job) -> None:
     """From the worker, as soon as it has dequeued `job`: if it is an instant job, start its
-    model call now, so that it runs while RQ records the job as started (two round trips
-    and their Python, ~0.4 ms of an instant request: bench/instant_latency.py). The job
-    function then takes the call's result. A daemon thread: a worker told to stop at once
-    does not wait for the model."""
-    if job.func_name != INSTANT_JOB:
+    model call now, so that it runs while RQ records the job as started (two round trips and
+    their Python: ~0.35 ms less per instant request, bench/FINDINGS.md). The job function
+    then takes the call's answer."""
+    try:
+        if job.func_name != INSTANT_JOB:
+            return
+    except DeserializationError:  # unreadable job data: RQ fails the job when it runs it
         return
-    context = worker_context()
-    call: Future = Future()
-
-    def run() -> None:
-        try:
-            call.set_result(generate_one(context.client, context.config))
-        except Exception as exc:  # noqa: BLE001 - handed to the job function, which raises it
-            call.set_exception(exc)
-
+    call = EarlyModelCall(worker_context(), job.id)
+    try:
+        call.start()
+    except RuntimeError:  # no thread to be had (a resource limit): the job asks the model itself
+        return
     _early_model_calls[job.id] = call
-    threading.Thread(target=run, name=f"model-call-{job.id}", daemon=True).start()
 
 
 def drop_early_model_call(job: Job) -> None:
@@ -71,7 +97,7 @@ def _model_text(context: WorkerContext) -> str:
     call = _early_model_calls.pop(job.id, None) if job is not None else None
     if call is None:
         return generate_one(context.client, context.config)
-    return call.result()
+    return call.text()
 
 
 def _error(code: str, message: str) -> dict:

@@ -2,6 +2,7 @@
 the job as started; the job function takes that call's answer instead of asking again."""
 
 import json
+import threading
 
 import pytest
 from rq import Queue
@@ -78,3 +79,25 @@ def test_the_worker_asks_the_model_before_rq_records_the_job_as_started(
     assert job.is_finished, job.get_status()
     assert fake_model.calls == 1
     assert job_context.pool.get(job.return_value()["sentence"]["id"]) is not None
+
+
+def test_a_job_whose_data_cannot_be_read_fails_and_the_worker_goes_on(job_context, queue, fake_model):
+    unreadable, readable = queue.enqueue(INSTANT_JOB, False), queue.enqueue(INSTANT_JOB, False)
+    queue.connection.hset(unreadable.key, "data", b"not a pickle")
+    assert ResilientWorker([queue], connection=queue.connection).work(burst=True)
+    assert unreadable.get_status(refresh=True) == "failed"
+    assert readable.get_status(refresh=True) == "finished"
+    assert fake_model.calls == 1
+
+
+def test_with_no_thread_to_be_had_the_job_asks_the_model_itself(job_context, queue, fake_model, monkeypatch):
+    def no_thread(_thread):
+        raise RuntimeError("can't start new thread")
+
+    job = queue.enqueue(INSTANT_JOB, False)
+    with monkeypatch.context() as patch:
+        patch.setattr(threading.Thread, "start", no_thread)
+        hitokoto.jobs.start_model_call_early(job)
+    assert fake_model.calls == 0
+    outcome = job.perform()
+    assert fake_model.calls == 1 and job_context.pool.get(outcome["sentence"]["id"]) is not None
