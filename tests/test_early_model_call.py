@@ -2,6 +2,7 @@
 the job as started; the job function takes that call's answer instead of asking again."""
 
 import json
+import signal
 import threading
 
 import pytest
@@ -39,6 +40,17 @@ def queue(redis_url, request):
     queue.delete(delete_jobs=True)
 
 
+def work_in_burst(queue: Queue) -> bool:
+    """Run a ResilientWorker in this process until `queue` is empty; RQ installs its own
+    SIGINT/SIGTERM handlers, so pytest's are put back afterwards."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return ResilientWorker([queue], connection=queue.connection).work(burst=True)
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)
+
+
 def test_the_job_takes_the_answer_of_the_call_started_before_it_ran(job_context, queue, fake_model):
     job = queue.enqueue(INSTANT_JOB, False)
     hitokoto.jobs.start_model_call_early(job)
@@ -74,7 +86,7 @@ def test_the_worker_asks_the_model_before_rq_records_the_job_as_started(
 
     monkeypatch.setattr(ResilientWorker, "prepare_job_execution", after_the_model_was_asked)
     job = queue.enqueue(INSTANT_JOB, False)
-    ResilientWorker([queue], connection=queue.connection).work(burst=True)
+    work_in_burst(queue)
     job.refresh()
     assert job.is_finished, job.get_status()
     assert fake_model.calls == 1
@@ -84,7 +96,7 @@ def test_the_worker_asks_the_model_before_rq_records_the_job_as_started(
 def test_a_job_whose_data_cannot_be_read_fails_and_the_worker_goes_on(job_context, queue, fake_model):
     unreadable, readable = queue.enqueue(INSTANT_JOB, False), queue.enqueue(INSTANT_JOB, False)
     queue.connection.hset(unreadable.key, "data", b"not a pickle")
-    assert ResilientWorker([queue], connection=queue.connection).work(burst=True)
+    assert work_in_burst(queue)
     assert unreadable.get_status(refresh=True) == "failed"
     assert readable.get_status(refresh=True) == "finished"
     assert fake_model.calls == 1
