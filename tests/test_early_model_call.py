@@ -10,6 +10,7 @@ from rq import Queue
 
 import hitokoto.jobs
 from hitokoto.queues import INSTANT_JOB, connect
+from tests.conftest import raw_config
 from tests.fake_model import Script
 from tests.helpers import wait_until
 from worker import ResilientWorker
@@ -18,8 +19,7 @@ from worker import ResilientWorker
 @pytest.fixture
 def job_context(tmp_path, service_dir, monkeypatch):
     """Job functions run in this process, on a pool file of their own."""
-    raw = json.loads((service_dir / "config.json").read_text())
-    raw.update(database=str(tmp_path / "early"), model_max_retries=0)
+    raw = raw_config(service_dir, database=str(tmp_path / "early"), model_max_retries=0)
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(raw))
     monkeypatch.setenv("HITOKOTO_CONFIG", str(config_path))

@@ -18,7 +18,15 @@ from hitokoto import ratelimit
 from hitokoto.config import build_config, load_config
 from hitokoto.generate import GenerationError, generate_many, generate_one
 from hitokoto.pool import Pool
-from hitokoto.queues import JOB_FAILED, connect, enqueue_job, instant_queue, wait_for_outcome, worker_count
+from hitokoto.queues import (
+    INSTANT_JOB,
+    JOB_FAILED,
+    connect,
+    enqueue_job,
+    instant_queue,
+    wait_for_outcome,
+    worker_count,
+)
 from tests.conftest import (
     PROJECT_DIR,
     assert_clean_log,
@@ -222,7 +230,7 @@ def test_worker_killed_mid_job_is_retried_not_lost(stack, fake_model):
 def test_sigterm_lets_the_current_job_finish(stack, fake_model):
     stack.start_workers("--workers", "0", "--instant-workers", "1", count=1)
     fake_model.script = Script(delay_s=2)
-    job = instant_queue(connect(stack.redis_url)).enqueue("hitokoto.jobs.generate_instant", True)
+    job = instant_queue(connect(stack.redis_url)).enqueue(INSTANT_JOB, True)
     wait_until(lambda: fake_model.calls >= 1, message="the job to start")
     stack.workers.send_signal(signal.SIGTERM)
     stack.workers.wait(timeout=30)
