@@ -31,10 +31,17 @@ def find_redis_server() -> str | None:
 
 
 def server_command(binary: str, port: int, data_dir: Path, persist: bool = True) -> list[str]:
-    """redis-server on 127.0.0.1:port; with persist, a snapshot in data_dir every minute."""
+    """redis-server on 127.0.0.1:port; with persist, a snapshot in data_dir every minute.
+
+    A snapshot that fails (full disk, unwritable directory, no memory to fork) is logged by
+    Redis and tried again; it does not make Redis refuse writes, as it would by default: the
+    snapshot only carries queued jobs and rate-limit windows over a restart, which the
+    service survives losing, while refused writes would stop every instant request and batch.
+    """
     snapshot_rule = "60 1" if persist else ""
     return [binary, "--port", str(port), "--bind", "127.0.0.1", "--protected-mode", "yes",
             "--dir", str(data_dir), "--dbfilename", "hitokoto.rdb", "--save", snapshot_rule,
+            "--stop-writes-on-bgsave-error", "no",
             "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"]  # fmt: skip
 
 
