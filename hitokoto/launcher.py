@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -57,6 +58,23 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def port_in_use(port: int, host: str) -> bool:
+    """Whether gunicorn could not bind host:port because something holds it (gunicorn sets
+    SO_REUSEADDR too, so a port whose last connections are still closing counts as free).
+    Any other problem with the address is left for gunicorn to report."""
+    try:
+        family, _type, _proto, _name, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return False
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
 
 
 def prepare_embedded_redis() -> str:
@@ -117,6 +135,11 @@ def main() -> None:
         config = load_config()
     except ConfigError as exc:
         fail(str(exc))
+    if port_in_use(config.port, os.environ.get("HOST", "0.0.0.0")):  # gunicorn.conf.py's bind
+        fail(
+            f"port {config.port} is already in use (is HitokotoGPT already running?); stop what "
+            'holds it, or choose another port with PORT=... or "port" in config.json'
+        )
     url = f"http://127.0.0.1:{config.port}"
     if config.model_configured:
         model_line = f"{config.model} at {config.base_url or 'https://api.openai.com/v1'}"

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -118,6 +119,24 @@ def test_with_redis_url_nothing_embedded_starts(project_copy, tmp_path, redis_ur
         assert not (project_copy / ".env").exists()  # the token came from the environment
     finally:
         stop_run_command(process, project_copy)
+
+
+def test_a_port_in_use_stops_start_up_with_one_line(project_copy, tmp_path):
+    """Say so before anything starts, not gunicorn's five seconds of bind errors while Redis
+    and the workers come up and go down again."""
+    with socket.socket() as holder:
+        holder.bind(("0.0.0.0", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        env = clean_env(PORT=str(port), EMBEDDED_REDIS_PORT=str(free_port()))
+        finished = subprocess.run(
+            ["./run.sh"], cwd=project_copy, env=env, capture_output=True, text=True, timeout=300
+        )
+    assert finished.returncode == 2
+    assert f"hitokoto: port {port} is already in use" in finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert "HitokotoGPT is starting" not in finished.stdout
+    assert not processes_under(project_copy)
 
 
 def first_answers(output: str, project: Path, url: str, token: str) -> dict:
