@@ -9,6 +9,7 @@ SIGTERM/SIGINT let running jobs finish; a crashed process is restarted.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import multiprocessing
 import os
@@ -153,15 +154,18 @@ def _kill(process: multiprocessing.Process, signum: int) -> None:
 
 
 def wait_for_redis(redis_url: str, timeout_s: float) -> bool:
-    """True once Redis answers; Redis may be starting beside us (honcho, containers)."""
+    """True once Redis answers; Redis may be starting beside us (honcho, containers). Says
+    once that it waits, so a wrong REDIS_URL is not met with silence."""
     connection = connect(redis_url)
     deadline = time.monotonic() + timeout_s
-    while True:
+    for attempt in itertools.count():
         try:
             return connection.ping()
         except RedisError:
             if time.monotonic() >= deadline:
                 return False
+            if attempt == 0:
+                log.info("waiting up to %g s for Redis at %s", timeout_s, redacted_url(redis_url))
             time.sleep(0.5)
 
 

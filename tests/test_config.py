@@ -8,6 +8,7 @@ import pytest
 
 from hitokoto.config import ConfigError, build_config, load_config, normalize_rate
 from tests.conftest import PROJECT_DIR
+from tests.helpers import free_port
 
 TOKEN = "a-real-token-1234567890"
 
@@ -118,6 +119,28 @@ def test_worker_start_up_fails_with_one_line_and_no_secret(tmp_path):
         'or "100 per hour")'
     ]
     assert "sk-never-show" not in result.stderr + result.stdout
+
+
+def test_worker_without_redis_says_it_waits_then_fails_with_one_line(tmp_path):
+    path = tmp_path / "config.json"
+    password, port = "redis-pass-never-show", free_port()  # nothing listens there
+    path.write_text(
+        json.dumps({"access_token": TOKEN, "redis_url": f"redis://:{password}@127.0.0.1:{port}/0"})
+    )
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "worker.py"), "--redis-wait", "1"],
+        capture_output=True,
+        text=True,
+        env={"HITOKOTO_CONFIG": str(path), "PATH": "/usr/bin:/bin"},
+        timeout=60,
+    )
+    shown_url = f"redis://:***@127.0.0.1:{port}/0"
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2
+    assert f"waiting up to 1 s for Redis at {shown_url}" in lines[0]
+    assert lines[1] == f"hitokoto: cannot reach Redis at {shown_url}; start it or set REDIS_URL"
+    assert password not in result.stderr + result.stdout
 
 
 def test_only_the_web_app_needs_the_access_token(tmp_path):
