@@ -22,6 +22,7 @@ from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 
 from hitokoto.config import Config
+from hitokoto.embedded_redis import URL_FILE
 from hitokoto.queues import batch_queue, connect, enqueue_batch, worker_count
 from hitokoto.startup import fail, load_config_or_exit, redacted_url
 
@@ -92,6 +93,13 @@ def drain(connection, job_ids: list[str], tally: Tally, deadline: float) -> bool
 
 def run(config: Config, wanted: int, wait: bool, timeout_s: float) -> int:
     connection = connect(config.redis_url)
+    try:
+        connection.ping()
+    except RedisError:
+        fail(
+            f"cannot reach Redis at {redacted_url(config.redis_url)}; start it or set REDIS_URL "
+            f"(for the Redis that ./run.sh starts: REDIS_URL=$(cat {URL_FILE}))"
+        )
     queue = batch_queue(connection)
     if worker_count(queue) == 0:
         print(

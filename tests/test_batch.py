@@ -95,5 +95,8 @@ def test_redis_down_gives_one_clear_line_and_exit_2(service_dir, tmp_path):
         timeout=60,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("hitokoto: lost connection to Redis")
+    assert result.stderr.strip().splitlines() == [
+        "hitokoto: cannot reach Redis at redis://127.0.0.1:1/0; start it or set REDIS_URL "
+        "(for the Redis that ./run.sh starts: REDIS_URL=$(cat data/redis/url))"
+    ]
     assert "Traceback" not in result.stderr
