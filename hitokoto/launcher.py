@@ -129,16 +129,17 @@ def main() -> None:
     config_raw = raw_config()
     token_location = ensure_access_token(config_raw)
     embedded = not os.environ.get("REDIS_URL") and "redis_url" not in config_raw
-    redis_line = prepare_embedded_redis() if embedded else None
     try:
-        config = load_config()
+        config = load_config()  # with embedded Redis, its redis_url is not the one used
     except ConfigError as exc:
         fail(str(exc))
+    # Before the private Redis is set up: a second ./run.sh must not repoint data/redis/url.
     if port_in_use(config.port, os.environ.get("HOST", "0.0.0.0")):  # gunicorn.conf.py's bind
         fail(
             f"port {config.port} is already in use (is HitokotoGPT already running?); stop what "
             'holds it, or choose another port with PORT=... or "port" in config.json'
         )
+    redis_line = prepare_embedded_redis() if embedded else None
     url = f"http://127.0.0.1:{config.port}"
     if config.model_configured:
         model_line = f"{config.model} at {config.base_url or 'https://api.openai.com/v1'}"

@@ -124,6 +124,9 @@ def test_with_redis_url_nothing_embedded_starts(project_copy, tmp_path, redis_ur
 def test_a_port_in_use_stops_start_up_with_one_line(project_copy, tmp_path):
     """Say so before anything starts, not gunicorn's five seconds of bind errors while Redis
     and the workers come up and go down again."""
+    url_file = project_copy / "data" / "redis" / "url"  # where the running service's Redis is
+    url_file.parent.mkdir(parents=True)
+    url_file.write_text("redis://127.0.0.1:6399/0\n")
     with socket.socket() as holder:
         holder.bind(("0.0.0.0", 0))
         holder.listen()
@@ -137,6 +140,7 @@ def test_a_port_in_use_stops_start_up_with_one_line(project_copy, tmp_path):
     assert "Traceback" not in finished.stderr
     assert "HitokotoGPT is starting" not in finished.stdout
     assert not processes_under(project_copy)
+    assert url_file.read_text() == "redis://127.0.0.1:6399/0\n"
 
 
 def first_answers(output: str, project: Path, url: str, token: str) -> dict:
