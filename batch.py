@@ -24,7 +24,7 @@ from rq.job import Job, JobStatus
 from hitokoto.config import Config
 from hitokoto.embedded_redis import URL_FILE
 from hitokoto.queues import batch_queue, connect, enqueue_batch, worker_count
-from hitokoto.startup import fail, load_config_or_exit, redacted_url
+from hitokoto.startup import fail, fail_redis_unreachable, load_config_or_exit, redacted_url
 
 POLL_INTERVAL_S = 0.5
 # Extra model calls allowed beyond the first round, as a multiple of it (duplicates, junk).
@@ -93,15 +93,14 @@ def drain(connection, job_ids: list[str], tally: Tally, deadline: float) -> bool
 
 def run(config: Config, wanted: int, wait: bool, timeout_s: float) -> int:
     connection = connect(config.redis_url)
-    try:
-        connection.ping()
-    except RedisError:
-        fail(
-            f"cannot reach Redis at {redacted_url(config.redis_url)}; start it or set REDIS_URL "
-            f"(for the Redis that ./run.sh starts: REDIS_URL=$(cat {URL_FILE}))"
-        )
     queue = batch_queue(connection)
-    if worker_count(queue) == 0:
+    try:
+        workers_listening = worker_count(queue)  # batch.py's first word with Redis
+    except RedisError:
+        fail_redis_unreachable(
+            config.redis_url, hint=f" (for the Redis that ./run.sh starts: REDIS_URL=$(cat {URL_FILE}))"
+        )
+    if workers_listening == 0:
         print(
             "[batch] warning: no worker is listening on the batch queue; start `python worker.py`",
             file=sys.stderr,

@@ -26,7 +26,7 @@ import hitokoto.jobs  # noqa: F401 - imports openai once, before forking the wor
 from hitokoto.config import ConfigError
 from hitokoto.pool import Pool, PoolError
 from hitokoto.queues import BATCH_QUEUE, INSTANT_QUEUE, connect, recover_dead_worker
-from hitokoto.startup import fail, load_config_or_exit, redacted_url
+from hitokoto.startup import fail, fail_redis_unreachable, load_config_or_exit, redacted_url
 
 log = logging.getLogger("hitokoto.worker")
 RESTART_DELAY_S = 2
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     except PoolError as exc:
         fail(str(exc))
     if not wait_for_redis(config.redis_url, args.redis_wait):
-        fail(f"cannot reach Redis at {redacted_url(config.redis_url)}; start it or set REDIS_URL")
+        fail_redis_unreachable(config.redis_url)
     plans = [[INSTANT_QUEUE]] * args.instant_workers + [[INSTANT_QUEUE, BATCH_QUEUE]] * args.workers
     if not plans:
         fail("nothing to run: --workers and --instant-workers are both 0")

@@ -17,6 +17,11 @@ def fail(message: str, status: int = 2) -> None:
     raise SystemExit(status)
 
 
+def fail_redis_unreachable(redis_url: str, hint: str = "") -> None:
+    """The one line for a Redis that does not answer at start-up (its password hidden)."""
+    fail(f"cannot reach Redis at {redacted_url(redis_url)}; start it or set REDIS_URL{hint}")
+
+
 def load_config_or_exit(web: bool = True) -> Config:
     try:
         return load_config(web=web)
