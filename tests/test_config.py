@@ -102,16 +102,21 @@ def test_unreadable_config_file(tmp_path, content, message):
         load_config(tmp_path / "missing.json")
 
 
-def test_worker_start_up_fails_with_one_line_and_no_secret(tmp_path):
+def run_worker_with(tmp_path, raw_config: dict, *args: str) -> subprocess.CompletedProcess:
+    """`python worker.py ARGS` with only this config.json, run to its end."""
     path = tmp_path / "config.json"
-    path.write_text(json.dumps({"access_token": TOKEN, "api_key": "sk-never-show", "rate": "often"}))
-    result = subprocess.run(
-        [sys.executable, str(PROJECT_DIR / "worker.py")],
+    path.write_text(json.dumps(raw_config))
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "worker.py"), *args],
         capture_output=True,
         text=True,
         env={"HITOKOTO_CONFIG": str(path), "PATH": "/usr/bin:/bin"},
         timeout=60,
     )
+
+
+def test_worker_start_up_fails_with_one_line_and_no_secret(tmp_path):
+    result = run_worker_with(tmp_path, {"access_token": TOKEN, "api_key": "sk-never-show", "rate": "often"})
     assert result.returncode != 0
     assert result.stderr.strip().splitlines() == [
         'hitokoto: config key "rate": cannot parse rate limit '
@@ -122,18 +127,9 @@ def test_worker_start_up_fails_with_one_line_and_no_secret(tmp_path):
 
 
 def test_worker_without_redis_says_it_waits_then_fails_with_one_line(tmp_path):
-    path = tmp_path / "config.json"
     password, port = "redis-pass-never-show", free_port()  # nothing listens there
-    path.write_text(
-        json.dumps({"access_token": TOKEN, "redis_url": f"redis://:{password}@127.0.0.1:{port}/0"})
-    )
-    result = subprocess.run(
-        [sys.executable, str(PROJECT_DIR / "worker.py"), "--redis-wait", "1"],
-        capture_output=True,
-        text=True,
-        env={"HITOKOTO_CONFIG": str(path), "PATH": "/usr/bin:/bin"},
-        timeout=60,
-    )
+    raw_config = {"access_token": TOKEN, "redis_url": f"redis://:{password}@127.0.0.1:{port}/0"}
+    result = run_worker_with(tmp_path, raw_config, "--redis-wait", "1")
     shown_url = f"redis://:***@127.0.0.1:{port}/0"
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
