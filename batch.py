@@ -5,6 +5,10 @@ while the workers drain them, tops up when duplicates or failures leave it short
 with `new / duplicate / failed`. Exit status: 0 when at least one new sentence was added,
 1 when nothing could be generated, 2 on configuration or Redis errors.
 
+It talks to the service's Redis: REDIS_URL (environment or .env) or config.json's redis_url
+when set, else the private Redis that ./run.sh starts (it leaves the URL in data/redis/url,
+relative to the working directory, as run.sh's own), else redis://127.0.0.1:6379/0.
+
 Examples:
   python batch.py -n 200          # add 200 new sentences and wait for them
   python batch.py -n 1000 --no-wait   # only enqueue (e.g. from cron); workers do the rest
@@ -21,7 +25,7 @@ import time
 from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 
-from hitokoto.config import Config
+from hitokoto.config import Config, redis_url_configured
 from hitokoto.embedded_redis import URL_FILE
 from hitokoto.queues import batch_queue, connect, enqueue_batch, worker_count
 from hitokoto.startup import fail, fail_redis_unreachable, load_config_or_exit, redacted_url
@@ -91,15 +95,30 @@ def drain(connection, job_ids: list[str], tally: Tally, deadline: float) -> bool
     return True
 
 
-def run(config: Config, wanted: int, wait: bool, timeout_s: float) -> int:
+def service_redis(config: Config) -> tuple[Config, str]:
+    """The config with the Redis the service uses, and what to add if that Redis does not answer.
+
+    With no Redis configured, ./run.sh serves from a private Redis on a port of its choosing,
+    so the default URL would be some other Redis (where no worker takes these jobs).
+    """
+    if redis_url_configured():
+        return config, ""
+    if not URL_FILE.is_file():
+        return config, " (or start ./run.sh, whose private Redis batch.py then finds by itself)"
+    url = URL_FILE.read_text(encoding="utf-8").strip()
+    if not url.startswith("redis://"):
+        fail(f"{URL_FILE} does not hold a Redis URL; start ./run.sh again, or set REDIS_URL")
+    hint = f" (the private Redis of ./run.sh, from {URL_FILE}: is ./run.sh running?)"
+    return dataclasses.replace(config, redis_url=url), hint
+
+
+def run(config: Config, wanted: int, wait: bool, timeout_s: float, unreachable_hint: str = "") -> int:
     connection = connect(config.redis_url)
     queue = batch_queue(connection)
     try:
         workers_listening = worker_count(queue)  # batch.py's first word with Redis
     except RedisError:
-        fail_redis_unreachable(
-            config.redis_url, hint=f" (for the Redis that ./run.sh starts: REDIS_URL=$(cat {URL_FILE}))"
-        )
+        fail_redis_unreachable(config.redis_url, hint=unreachable_hint)
     if workers_listening == 0:
         print(
             "[batch] warning: no worker is listening on the batch queue; start `python worker.py`",
@@ -151,8 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         fail("-n must be at least 1")
     if not config.model_configured:
         fail("no model configured: set OPENAI_API_KEY or base_url in config.json")
+    config, unreachable_hint = service_redis(config)
     try:
-        return run(config, args.num, wait=not args.no_wait, timeout_s=args.timeout)
+        return run(
+            config, args.num, wait=not args.no_wait, timeout_s=args.timeout, unreachable_hint=unreachable_hint
+        )
     except RedisError:
         fail(f"lost connection to Redis at {redacted_url(config.redis_url)}")
 

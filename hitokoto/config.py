@@ -233,13 +233,33 @@ def load_config(path: str | os.PathLike | None = None, web: bool = True) -> Conf
     PORT is the web server's port: processes that do not listen (web=False) ignore it, since
     process managers such as honcho hand every process its own, possibly invalid, PORT.
     """
-    config_path = Path(path or os.environ.get(CONFIG_PATH_ENV) or "config.json").resolve()
-    # .env beside the config file (where ./run.sh keeps the generated token) fills in what
-    # the environment does not set, so batch.py run by hand sees the same settings.
-    environ = read_env_file(config_path.parent / ".env") | dict(os.environ)
+    config_path = _config_path(path)
+    environ = _environ_beside(config_path)
     if not web:
         environ.pop("PORT", None)
     return build_config(_read_json(config_path), config_path.parent, environ, web=web)
+
+
+def redis_url_configured(path: str | os.PathLike | None = None) -> bool:
+    """Whether REDIS_URL (environment or .env) or the config file's redis_url names a Redis.
+    Without one, ./run.sh runs a private Redis (hitokoto.embedded_redis), not the default."""
+    config_path = _config_path(path)
+    if _environ_beside(config_path).get("REDIS_URL"):
+        return True
+    try:
+        return "redis_url" in _read_json(config_path)
+    except ConfigError:
+        return False  # load_config() reports the problem with one clear line
+
+
+def _config_path(path: str | os.PathLike | None) -> Path:
+    return Path(path or os.environ.get(CONFIG_PATH_ENV) or "config.json").resolve()
+
+
+def _environ_beside(config_path: Path) -> dict[str, str]:
+    """The environment, over .env beside the config file (where ./run.sh keeps the generated
+    token), so batch.py run by hand sees the same settings as the service."""
+    return read_env_file(config_path.parent / ".env") | dict(os.environ)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hitokoto.config import PLACEHOLDER_VALUES, ConfigError, load_config, read_env_file
+from hitokoto.config import PLACEHOLDER_VALUES, ConfigError, load_config, read_env_file, redis_url_configured
 from hitokoto.embedded_redis import DATA_DIR_ENV, PORT_ENV, URL_FILE, find_redis_server
 from hitokoto.startup import fail, redacted_url
 
@@ -118,17 +118,12 @@ def curl_examples(url: str, token_location: str) -> list[str]:
     ]
 
 
-def batch_command(embedded: bool) -> str:
-    prefix = f"REDIS_URL=$(cat {URL_FILE}) " if embedded else ""
-    return f"{prefix}.venv/bin/python batch.py -n 200"
-
-
 def main() -> None:
     for key, value in read_env_file(ENV_FILE).items():
         os.environ.setdefault(key, value)
     config_raw = raw_config()
     token_location = ensure_access_token(config_raw)
-    embedded = not os.environ.get("REDIS_URL") and "redis_url" not in config_raw
+    embedded = not redis_url_configured()
     try:
         config = load_config()  # with embedded Redis, its redis_url is not the one used
     except ConfigError as exc:
@@ -154,7 +149,7 @@ def main() -> None:
         f"  token:     in {token_location}",
         "  try:",
         *(f"    {line}" for line in curl_examples(url, token_location)),
-        f"  fill the pool: {batch_command(embedded)}",
+        "  fill the pool: .venv/bin/python batch.py -n 200",
         "  stop: Ctrl-C",
     ]
     print("\n".join(summary), flush=True)

@@ -1,5 +1,6 @@
 """batch.py as a user runs it, with real workers draining the batch queue."""
 
+import json
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 from hitokoto.pool import Pool
 from tests.conftest import PROJECT_DIR, service_env
 from tests.fake_model import Script
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 
 
 @pytest.fixture
@@ -96,7 +97,47 @@ def test_redis_down_gives_one_clear_line_and_exit_2(service_dir, tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "hitokoto: cannot reach Redis at redis://127.0.0.1:1/0; start it or set REDIS_URL "
-        "(for the Redis that ./run.sh starts: REDIS_URL=$(cat data/redis/url))"
+        "hitokoto: cannot reach Redis at redis://127.0.0.1:1/0; start it or set REDIS_URL"
     ]
     assert "Traceback" not in result.stderr
+
+
+def run_batch_beside_run_sh(service_dir, workdir, private_redis_url, *args):
+    """batch.py as run by hand next to ./run.sh: no Redis configured anywhere, and the URL
+    of the private Redis that ./run.sh started in data/redis/url of the working directory."""
+    raw = json.loads((service_dir / "config.json").read_text())
+    del raw["redis_url"]
+    raw["database"] = str(service_dir / "pool.db")
+    (workdir / "config.json").write_text(json.dumps(raw))
+    (workdir / "data" / "redis").mkdir(parents=True)
+    (workdir / "data" / "redis" / "url").write_text(private_redis_url + "\n")
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "batch.py"), *args],
+        cwd=workdir,
+        env=service_env(service_dir) | {"HITOKOTO_CONFIG": str(workdir / "config.json")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_without_a_configured_redis_batch_uses_the_one_run_sh_started(
+    service_dir, shared_pool, fake_model, redis_url, tmp_path
+):
+    # The default Redis URL would be another Redis, where no worker takes these jobs.
+    total_before = shared_pool.counts()[0]
+    result = run_batch_beside_run_sh(service_dir, tmp_path, redis_url, "-n", "20")
+    assert result.returncode == 0, result.stderr
+    assert "new 20 / duplicate 0 / failed 0" in result.stdout
+    assert "no worker is listening" not in result.stderr
+    assert shared_pool.counts()[0] == total_before + 20
+
+
+def test_a_stopped_run_sh_redis_is_named_with_where_its_url_came_from(service_dir, tmp_path):
+    gone = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_batch_beside_run_sh(service_dir, tmp_path, gone, "-n", "5")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"hitokoto: cannot reach Redis at {gone}; start it or set REDIS_URL "
+        "(the private Redis of ./run.sh, from data/redis/url: is ./run.sh running?)"
+    ]

@@ -121,6 +121,38 @@ def test_with_redis_url_nothing_embedded_starts(project_copy, tmp_path, redis_ur
         stop_run_command(process, project_copy)
 
 
+def test_the_printed_batch_command_fills_the_pool_that_the_service_serves(project_copy, tmp_path, fake_model):
+    """The summary's "fill the pool" line, run as printed in another shell: batch.py finds
+    the private Redis by itself, the service's worker drains the jobs, the pool serves."""
+    (project_copy / ".env").write_text(f"OPENAI_BASE_URL={fake_model.base_url}\nOPENAI_API_KEY=test-key\n")
+    port = free_port()
+    env = clean_env(PORT=str(port), EMBEDDED_REDIS_PORT=str(free_port()))
+    log_path = tmp_path / "run.log"
+    process = start_run_command(project_copy, env, log_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: _answers(url), timeout_s=120, message="the web server")
+        printed = next(line for line in log_path.read_text().splitlines() if "fill the pool:" in line)
+        command = printed.split("fill the pool:", 1)[1].strip()
+        filled = subprocess.run(
+            ["bash", "-c", command],
+            cwd=project_copy,
+            env=clean_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert filled.returncode == 0, filled.stderr
+        assert "new 200 / duplicate 0 / failed 0" in filled.stdout
+        status, body, _headers = http_post(
+            url + "/hitokoto-cached", {"gptauth": token_from_env_file(project_copy)}
+        )
+        assert status == 200
+        assert body["source"] == "batch" and body["recycled"] is False
+    finally:
+        stop_run_command(process, project_copy)
+
+
 def test_a_port_in_use_stops_start_up_with_one_line(project_copy, tmp_path):
     """Say so before anything starts, not gunicorn's five seconds of bind errors while Redis
     and the workers come up and go down again."""
