@@ -169,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.num < 1:
         fail("-n must be at least 1")
     if not config.model_configured:
-        fail("no model configured: set OPENAI_API_KEY or base_url in config.json")
+        fail(
+            "no model configured: set OPENAI_API_KEY in .env (read by ./run.sh and batch.py alike) "
+            "or in this shell, or api_key / base_url in config.json"
+        )
     config, unreachable_hint = service_redis(config)
     try:
         return run(

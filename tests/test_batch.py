@@ -80,21 +80,23 @@ def test_no_wait_only_enqueues_and_workers_fill_the_pool(service_dir, shared_poo
     wait_until(lambda: shared_pool.counts()[0] == total_before + 25, timeout_s=30, message="the batch jobs")
 
 
-def test_redis_down_gives_one_clear_line_and_exit_2(service_dir, tmp_path):
-    config = (
-        (service_dir / "config.json").read_text().replace('"redis_url": "redis://', '"redis_url": "redis://x')
-    )
-    broken = tmp_path / "config.json"
-    broken.write_text(config)
-    env = service_env(service_dir) | {"HITOKOTO_CONFIG": str(broken), "REDIS_URL": "redis://127.0.0.1:1/0"}
-    result = subprocess.run(
-        [sys.executable, str(PROJECT_DIR / "batch.py"), "-n", "5"],
-        cwd=PROJECT_DIR,
-        env=env,
+def run_batch_with(service_dir, workdir, raw_config: dict, *args, env: dict | None = None):
+    """batch.py run by hand in workdir, with raw_config as its config.json there."""
+    (workdir / "config.json").write_text(json.dumps(raw_config))
+    return subprocess.run(
+        [sys.executable, str(PROJECT_DIR / "batch.py"), *args],
+        cwd=workdir,
+        env=service_env(service_dir) | {"HITOKOTO_CONFIG": str(workdir / "config.json")} | (env or {}),
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=120,
     )
+
+
+def test_redis_down_gives_one_clear_line_and_exit_2(service_dir, tmp_path):
+    raw = json.loads((service_dir / "config.json").read_text())
+    raw["redis_url"] = raw["redis_url"].replace("redis://", "redis://x")  # REDIS_URL overrides it
+    result = run_batch_with(service_dir, tmp_path, raw, "-n", "5", env={"REDIS_URL": "redis://127.0.0.1:1/0"})
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "hitokoto: cannot reach Redis at redis://127.0.0.1:1/0; start it or set REDIS_URL"
@@ -108,17 +110,9 @@ def run_batch_beside_run_sh(service_dir, workdir, private_redis_url, *args):
     raw = json.loads((service_dir / "config.json").read_text())
     del raw["redis_url"]
     raw["database"] = str(service_dir / "pool.db")
-    (workdir / "config.json").write_text(json.dumps(raw))
     (workdir / "data" / "redis").mkdir(parents=True)
     (workdir / "data" / "redis" / "url").write_text(private_redis_url + "\n")
-    return subprocess.run(
-        [sys.executable, str(PROJECT_DIR / "batch.py"), *args],
-        cwd=workdir,
-        env=service_env(service_dir) | {"HITOKOTO_CONFIG": str(workdir / "config.json")},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_batch_with(service_dir, workdir, raw, *args)
 
 
 def test_without_a_configured_redis_batch_uses_the_one_run_sh_started(
@@ -140,4 +134,16 @@ def test_a_stopped_run_sh_redis_is_named_with_where_its_url_came_from(service_di
     assert result.stderr.strip().splitlines() == [
         f"hitokoto: cannot reach Redis at {gone}; start it or set REDIS_URL "
         "(the private Redis of ./run.sh, from data/redis/url: is ./run.sh running?)"
+    ]
+
+
+def test_no_model_says_where_batch_py_looks_for_one(service_dir, tmp_path):
+    """A key given only to ./run.sh's shell is not in batch.py's: say where it reads one."""
+    raw = json.loads((service_dir / "config.json").read_text())
+    del raw["api_key"], raw["base_url"]
+    result = run_batch_with(service_dir, tmp_path, raw, "-n", "5")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "hitokoto: no model configured: set OPENAI_API_KEY in .env (read by ./run.sh and batch.py "
+        "alike) or in this shell, or api_key / base_url in config.json"
     ]
