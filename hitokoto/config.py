@@ -240,16 +240,21 @@ def load_config(path: str | os.PathLike | None = None, web: bool = True) -> Conf
     return build_config(_read_json(config_path), config_path.parent, environ, web=web)
 
 
+def read_raw_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The config file's own keys, before environment overrides and checks; {} when it
+    cannot be read (load_config() reports that with one clear line)."""
+    try:
+        return _read_json(_config_path(path))
+    except ConfigError:
+        return {}
+
+
 def redis_url_configured(path: str | os.PathLike | None = None) -> bool:
     """Whether REDIS_URL (environment or .env) or the config file's redis_url names a Redis.
     Without one, ./run.sh runs a private Redis (hitokoto.embedded_redis), not the default."""
-    config_path = _config_path(path)
-    if _environ_beside(config_path).get("REDIS_URL"):
+    if _environ_beside(_config_path(path)).get("REDIS_URL"):
         return True
-    try:
-        return "redis_url" in _read_json(config_path)
-    except ConfigError:
-        return False  # load_config() reports the problem with one clear line
+    return "redis_url" in read_raw_config(path)
 
 
 def _config_path(path: str | os.PathLike | None) -> Path:

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import errno
-import json
 import os
 import secrets
 import socket
@@ -17,7 +16,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from hitokoto.config import PLACEHOLDER_VALUES, ConfigError, load_config, read_env_file, redis_url_configured
+from hitokoto.config import (
+    PLACEHOLDER_VALUES,
+    ConfigError,
+    load_config,
+    read_env_file,
+    read_raw_config,
+    redis_url_configured,
+)
 from hitokoto.embedded_redis import DATA_DIR_ENV, PORT_ENV, URL_FILE, find_redis_server
 from hitokoto.startup import fail, redacted_url
 
@@ -31,13 +37,6 @@ def append_env_line(key: str, value: str, path: Path = ENV_FILE) -> None:
     separator = "" if not existing or existing.endswith("\n") else "\n"
     path.write_text(f"{existing}{separator}{key}={value}\n", encoding="utf-8")
     path.chmod(0o600)
-
-
-def raw_config() -> dict:
-    try:
-        return json.loads(Path(os.environ.get("HITOKOTO_CONFIG", "config.json")).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}  # load_config() reports the problem with one clear line
 
 
 def ensure_access_token(config_raw: dict) -> str:
@@ -121,7 +120,7 @@ def curl_examples(url: str, token_location: str) -> list[str]:
 def main() -> None:
     for key, value in read_env_file(ENV_FILE).items():
         os.environ.setdefault(key, value)
-    config_raw = raw_config()
+    config_raw = read_raw_config()
     token_location = ensure_access_token(config_raw)
     embedded = not redis_url_configured()
     try:
