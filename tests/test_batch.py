@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from hitokoto.pool import Pool
-from tests.conftest import PROJECT_DIR, service_env
+from tests.conftest import PROJECT_DIR, raw_config, service_env
 from tests.fake_model import Script
 from tests.helpers import free_port, wait_until
 
@@ -80,9 +80,9 @@ def test_no_wait_only_enqueues_and_workers_fill_the_pool(service_dir, shared_poo
     wait_until(lambda: shared_pool.counts()[0] == total_before + 25, timeout_s=30, message="the batch jobs")
 
 
-def run_batch_with(service_dir, workdir, raw_config: dict, *args, env: dict | None = None):
-    """batch.py run by hand in workdir, with raw_config as its config.json there."""
-    (workdir / "config.json").write_text(json.dumps(raw_config))
+def run_batch_with(service_dir, workdir, raw: dict, *args, env: dict | None = None):
+    """batch.py run by hand in workdir, with `raw` as its config.json there."""
+    (workdir / "config.json").write_text(json.dumps(raw))
     return subprocess.run(
         [sys.executable, str(PROJECT_DIR / "batch.py"), *args],
         cwd=workdir,
@@ -94,7 +94,7 @@ def run_batch_with(service_dir, workdir, raw_config: dict, *args, env: dict | No
 
 
 def test_redis_down_gives_one_clear_line_and_exit_2(service_dir, tmp_path):
-    raw = json.loads((service_dir / "config.json").read_text())
+    raw = raw_config(service_dir)
     raw["redis_url"] = raw["redis_url"].replace("redis://", "redis://x")  # REDIS_URL overrides it
     result = run_batch_with(service_dir, tmp_path, raw, "-n", "5", env={"REDIS_URL": "redis://127.0.0.1:1/0"})
     assert result.returncode == 2
@@ -107,9 +107,8 @@ def test_redis_down_gives_one_clear_line_and_exit_2(service_dir, tmp_path):
 def run_batch_beside_run_sh(service_dir, workdir, private_redis_url, *args):
     """batch.py as run by hand next to ./run.sh: no Redis configured anywhere, and the URL
     of the private Redis that ./run.sh started in data/redis/url of the working directory."""
-    raw = json.loads((service_dir / "config.json").read_text())
+    raw = raw_config(service_dir, database=str(service_dir / "pool.db"))
     del raw["redis_url"]
-    raw["database"] = str(service_dir / "pool.db")
     (workdir / "data" / "redis").mkdir(parents=True)
     (workdir / "data" / "redis" / "url").write_text(private_redis_url + "\n")
     return run_batch_with(service_dir, workdir, raw, *args)
@@ -139,7 +138,7 @@ def test_a_stopped_run_sh_redis_is_named_with_where_its_url_came_from(service_di
 
 def test_no_model_says_where_batch_py_looks_for_one(service_dir, tmp_path):
     """A key given only to ./run.sh's shell is not in batch.py's: say where it reads one."""
-    raw = json.loads((service_dir / "config.json").read_text())
+    raw = raw_config(service_dir)
     del raw["api_key"], raw["base_url"]
     result = run_batch_with(service_dir, tmp_path, raw, "-n", "5")
     assert result.returncode == 2
