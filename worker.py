@@ -20,7 +20,8 @@ import time
 import uuid
 
 from redis.exceptions import RedisError
-from rq import SimpleWorker, worker_registration
+from rq import Queue, SimpleWorker, worker_registration
+from rq.utils import as_text
 
 import hitokoto.jobs  # noqa: F401 - imports openai once, before forking the worker processes
 from hitokoto.config import ConfigError
@@ -35,11 +36,43 @@ RESTART_DELAY_S = 2
 WORKER_TTL_S = 20
 
 
+class EarlyCallQueue(Queue):
+    """RQ's queue as a worker pops from it: popping an instant job's id starts the job's
+    model call at once (hitokoto.jobs.start_model_call_early), before RQ fetches the job and
+    records it as started. Calls whose jobs will not run are orphaned, and keep their
+    sentences (hitokoto.jobs.orphan_early_model_calls)."""
+
+    early_call_queues = frozenset({INSTANT_QUEUE})  # queues that hold nothing but instant jobs
+
+    @classmethod
+    def lmove(cls, connection, queue_key, timeout):  # a worker on one queue pops with this
+        return cls._popped(super().lmove(connection, queue_key, timeout))
+
+    @classmethod
+    def lpop(cls, queue_keys, timeout, connection=None):  # a worker on several queues, with this
+        return cls._popped(super().lpop(queue_keys, timeout, connection=connection))
+
+    @classmethod
+    def dequeue_any(cls, *args, **kwargs):
+        result = super().dequeue_any(*args, **kwargs)  # it pops again when a job is gone
+        hitokoto.jobs.orphan_early_model_calls(except_job_id=result[0].id if result else None)
+        return result
+
+    @classmethod
+    def _popped(cls, result):
+        if result is not None:
+            queue_key, job_id = map(as_text, result)
+            if queue_key.removeprefix(cls.redis_queue_namespace_prefix) in cls.early_call_queues:
+                hitokoto.jobs.start_model_call_early(job_id)
+        return result
+
+
 class ResilientWorker(SimpleWorker):
-    """A SimpleWorker that starts an instant job's model call before RQ's bookkeeping
-    (hitokoto.jobs.start_model_call_early), and registers again when Redis lost its state
-    (restarted without persistence), so the web app does not see "no worker" while this one
-    is listening."""
+    """A SimpleWorker whose instant jobs' model calls start when the job is popped
+    (EarlyCallQueue), and that registers again when Redis lost its state (restarted without
+    persistence), so the web app does not see "no worker" while this one is listening."""
+
+    queue_class = EarlyCallQueue
 
     # RQ heartbeats several times per job; one EXISTS each cost 17% of a worker's time
     # (py-spy, bench/instant_latency.py), so the registration is checked at most this often.
@@ -48,11 +81,10 @@ class ResilientWorker(SimpleWorker):
     _job_just_dequeued = False
 
     def execute_job(self, job, queue):
-        hitokoto.jobs.start_model_call_early(job)  # runs during RQ's bookkeeping
         try:
             super().execute_job(job, queue)
         finally:
-            hitokoto.jobs.drop_early_model_call(job)
+            hitokoto.jobs.orphan_early_model_calls()  # one the job did not take (RQ failed it first)
 
     def reorder_queues(self, reference_queue):
         # RQ calls this only when a job was dequeued. Its next standalone heartbeat (the one

@@ -8,13 +8,11 @@ import logging
 import threading
 
 from rq import get_current_job
-from rq.exceptions import DeserializationError
-from rq.job import Job
 
 from hitokoto.config import Config, load_config
 from hitokoto.generate import GenerationError, generate_many, generate_one, make_client
 from hitokoto.pool import Pool, PoolError
-from hitokoto.queues import INSTANT_JOB, publish_outcome
+from hitokoto.queues import publish_outcome
 
 log = logging.getLogger("hitokoto.jobs")
 
@@ -37,13 +35,20 @@ def worker_context() -> WorkerContext:
 
 class EarlyModelCall:
     """An instant job's model call, running in a daemon thread of its own (a worker told to
-    stop at once does not wait for the model); text() waits for its answer."""
+    stop at once does not wait for the model); text() waits for its answer.
+
+    A call that its job never takes (the job was gone when RQ fetched it, its data could not
+    be read, or RQ failed it before it ran) is orphaned: its sentence still goes into the
+    pool, as unused, since the tokens are spent either way."""
 
     def __init__(self, context: WorkerContext, job_id: str):
         self._context = context
+        self._job_id = job_id
         self._answered = threading.Event()
         self._text: str | None = None
         self._error: Exception | None = None
+        self._lock = threading.Lock()  # between the answer arriving and orphan()
+        self._orphaned = False
         self._thread = threading.Thread(target=self._call, name=f"model-call-{job_id}", daemon=True)
 
     def start(self) -> None:
@@ -55,7 +60,11 @@ class EarlyModelCall:
         except Exception as exc:  # noqa: BLE001 - raised again by text(), in the job
             self._error = exc
         finally:
-            self._answered.set()
+            with self._lock:
+                self._answered.set()
+                orphaned = self._orphaned
+        if orphaned:
+            self._keep_sentence()
 
     def text(self) -> str:
         self._answered.wait()
@@ -63,32 +72,50 @@ class EarlyModelCall:
             raise self._error
         return self._text
 
+    def orphan(self) -> None:
+        """No job will take this call: keep its sentence, now or when the model answers."""
+        with self._lock:
+            self._orphaned = True
+            answered = self._answered.is_set()
+        if answered:
+            self._keep_sentence()
 
-# Started by the worker before RQ's bookkeeping, by job id; each is taken by its own job.
+    def _keep_sentence(self) -> None:
+        if self._error is not None:
+            log.warning("model call for job %s, which never ran, failed: %s", self._job_id, self._error)
+            return
+        try:
+            self._context.pool.add_instant(self._text, self._context.config.model, keep_unused=True)
+        except PoolError as exc:
+            log.error("sentence of job %s, which never ran, not stored: %s", self._job_id, exc)
+            return
+        log.info("job %s never ran; its model call's sentence was added to the pool as unused", self._job_id)
+
+
+# Started by the worker when it pops an instant job's id, before RQ fetches the job and
+# records it as started; each is taken by its own job, or orphaned.
 _early_model_calls: dict[str, EarlyModelCall] = {}
 
 
-def start_model_call_early(job: Job) -> None:
-    """From the worker, as soon as it has dequeued `job`: if it is an instant job, start its
-    model call now, so that it runs while RQ records the job as started (two round trips and
-    their Python: ~0.35 ms less per instant request, bench/FINDINGS.md). The job function
-    then takes the call's answer."""
-    try:
-        if job.func_name != INSTANT_JOB:
-            return
-    except DeserializationError:  # unreadable job data: RQ fails the job when it runs it
-        return
-    call = EarlyModelCall(worker_context(), job.id)
+def start_model_call_early(job_id: str) -> None:
+    """From the worker, as soon as it has popped `job_id` from a queue of instant jobs: start
+    that job's model call now, so that it runs while RQ fetches the job and records it as
+    started (three round trips and their Python: ~1 ms less per instant request than a call
+    made by the job function, bench/FINDINGS.md). The job function then takes its answer."""
+    call = EarlyModelCall(worker_context(), job_id)
     try:
         call.start()
     except RuntimeError:  # no thread to be had (a resource limit): the job asks the model itself
         return
-    _early_model_calls[job.id] = call
+    _early_model_calls[job_id] = call
 
 
-def drop_early_model_call(job: Job) -> None:
-    """From the worker, once `job` has run or failed: its early call is never reused."""
-    _early_model_calls.pop(job.id, None)
+def orphan_early_model_calls(except_job_id: str | None = None) -> None:
+    """From the worker, when the calls it started, but the one of `except_job_id` (about to
+    run), will not be taken by their jobs: after a job has run or failed, or when RQ popped
+    a job it could not fetch. Their sentences go into the pool."""
+    for job_id in [job_id for job_id in _early_model_calls if job_id != except_job_id]:
+        _early_model_calls.pop(job_id).orphan()
 
 
 def _model_text(context: WorkerContext) -> str:

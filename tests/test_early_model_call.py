@@ -1,5 +1,6 @@
-"""A worker starts an instant job's model call as soon as it has the job, while RQ records
-the job as started; the job function takes that call's answer instead of asking again."""
+"""A worker starts an instant job's model call as soon as it pops the job's id, while RQ
+fetches the job and records it as started; the job function takes that call's answer
+instead of asking again, and a call whose job never runs still keeps its sentence."""
 
 import json
 import signal
@@ -7,13 +8,14 @@ import threading
 
 import pytest
 from rq import Queue
+from rq.job import Job
 
 import hitokoto.jobs
 from hitokoto.queues import INSTANT_JOB, connect
 from tests.conftest import raw_config
 from tests.fake_model import Script
 from tests.helpers import wait_until
-from worker import ResilientWorker
+from worker import EarlyCallQueue, ResilientWorker
 
 
 @pytest.fixture
@@ -33,9 +35,11 @@ def job_context(tmp_path, service_dir, monkeypatch):
 
 
 @pytest.fixture
-def queue(redis_url, request):
-    """A queue of this test's own: the session's worker.py processes do not listen on it."""
+def queue(redis_url, request, monkeypatch):
+    """A queue of instant jobs of this test's own: the session's worker.py processes do not
+    listen on it."""
     queue = Queue(f"early-{request.node.name}", connection=connect(redis_url))
+    monkeypatch.setattr(EarlyCallQueue, "early_call_queues", frozenset({queue.name}))
     yield queue
     queue.delete(delete_jobs=True)
 
@@ -45,7 +49,7 @@ def work_in_burst(queue: Queue) -> bool:
     SIGINT/SIGTERM handlers, so pytest's are put back afterwards."""
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return ResilientWorker([queue], connection=queue.connection).work(burst=True)
+        return ResilientWorker([queue.name], connection=queue.connection).work(burst=True)
     finally:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
@@ -53,10 +57,10 @@ def work_in_burst(queue: Queue) -> bool:
 
 def test_the_job_takes_the_answer_of_the_call_started_before_it_ran(job_context, queue, fake_model):
     job = queue.enqueue(INSTANT_JOB, False)
-    hitokoto.jobs.start_model_call_early(job)
+    hitokoto.jobs.start_model_call_early(job.id)
     wait_until(lambda: fake_model.calls == 1, message="the early model call")
     outcome = job.perform()
-    hitokoto.jobs.drop_early_model_call(job)
+    hitokoto.jobs.orphan_early_model_calls()
     assert fake_model.calls == 1  # not asked a second time
     stored = job_context.pool.get(outcome["sentence"]["id"])
     assert stored.text == outcome["sentence"]["text"] and stored.used
@@ -65,41 +69,54 @@ def test_the_job_takes_the_answer_of_the_call_started_before_it_ran(job_context,
 def test_a_failed_early_call_is_the_jobs_upstream_error(job_context, queue, fake_model):
     fake_model.script = Script(status=500)
     job = queue.enqueue(INSTANT_JOB, True)
-    hitokoto.jobs.start_model_call_early(job)
+    hitokoto.jobs.start_model_call_early(job.id)
     outcome = job.perform()
-    hitokoto.jobs.drop_early_model_call(job)
+    hitokoto.jobs.orphan_early_model_calls()
     assert outcome["error"]["code"] == "upstream_error"
     assert fake_model.calls == 1
     assert job_context.pool.counts() == (0, 0)
 
 
-def test_the_worker_asks_the_model_before_rq_records_the_job_as_started(
-    job_context, queue, fake_model, monkeypatch
-):
-    """RQ's bookkeeping is held until the model has been asked: with no early call, the
-    wait would time out and the test fail."""
-    record_started = ResilientWorker.prepare_job_execution
+def test_the_worker_asks_the_model_before_rq_fetches_the_job(job_context, queue, fake_model, monkeypatch):
+    """RQ's fetch of the popped job is held until the model has been asked: with the call
+    started any later, the wait would time out and the test fail."""
+    fetch = Job.fetch.__func__
 
-    def after_the_model_was_asked(worker, job, *args, **kwargs):
+    def after_the_model_was_asked(job_class, job_id, *args, **kwargs):
         wait_until(lambda: fake_model.calls == 1, timeout_s=5, message="the model call to start first")
-        return record_started(worker, job, *args, **kwargs)
+        return fetch(job_class, job_id, *args, **kwargs)
 
-    monkeypatch.setattr(ResilientWorker, "prepare_job_execution", after_the_model_was_asked)
     job = queue.enqueue(INSTANT_JOB, False)
-    work_in_burst(queue)
+    with monkeypatch.context() as patch:
+        patch.setattr(Job, "fetch", classmethod(after_the_model_was_asked))
+        work_in_burst(queue)
     job.refresh()
     assert job.is_finished, job.get_status()
     assert fake_model.calls == 1
     assert job_context.pool.get(job.return_value()["sentence"]["id"]) is not None
 
 
-def test_a_job_whose_data_cannot_be_read_fails_and_the_worker_goes_on(job_context, queue, fake_model):
+def test_a_job_gone_before_rq_fetched_it_still_adds_its_sentence_to_the_pool(job_context, queue, fake_model):
+    """Its model call had started when the id was popped: the tokens are spent, so the
+    sentence goes into the pool as unused instead of being dropped."""
+    job = queue.enqueue(INSTANT_JOB, False)
+    queue.connection.delete(job.key)  # deleted by hand, or expired, while its id was queued
+    assert not work_in_burst(queue)  # no job ran
+    wait_until(lambda: job_context.pool.counts() == (1, 1), message="the orphaned call's sentence")
+    assert fake_model.calls == 1
+
+
+def test_a_job_whose_data_cannot_be_read_fails_keeps_its_sentence_and_the_worker_goes_on(
+    job_context, queue, fake_model
+):
     unreadable, readable = queue.enqueue(INSTANT_JOB, False), queue.enqueue(INSTANT_JOB, False)
     queue.connection.hset(unreadable.key, "data", b"not a pickle")
     assert work_in_burst(queue)
     assert unreadable.get_status(refresh=True) == "failed"
     assert readable.get_status(refresh=True) == "finished"
-    assert fake_model.calls == 1
+    assert fake_model.calls == 2  # each popped id started a call
+    # the readable job's sentence, handed out; the failed job's call's, kept unused
+    wait_until(lambda: job_context.pool.counts() == (2, 1), message="the orphaned call's sentence")
 
 
 def test_with_no_thread_to_be_had_the_job_asks_the_model_itself(job_context, queue, fake_model, monkeypatch):
@@ -109,7 +126,7 @@ def test_with_no_thread_to_be_had_the_job_asks_the_model_itself(job_context, que
     job = queue.enqueue(INSTANT_JOB, False)
     with monkeypatch.context() as patch:
         patch.setattr(threading.Thread, "start", no_thread)
-        hitokoto.jobs.start_model_call_early(job)
+        hitokoto.jobs.start_model_call_early(job.id)
     assert fake_model.calls == 0
     outcome = job.perform()
     assert fake_model.calls == 1 and job_context.pool.get(outcome["sentence"]["id"]) is not None
