@@ -54,9 +54,12 @@ class EarlyCallQueue(Queue):
 
     @classmethod
     def dequeue_any(cls, *args, **kwargs):
-        result = super().dequeue_any(*args, **kwargs)  # it pops again when a job is gone
-        hitokoto.jobs.orphan_early_model_calls(except_job_id=result[0].id if result else None)
-        return result
+        result = None
+        try:  # it pops again when a job is gone, and may then wait until its timeout raises
+            result = super().dequeue_any(*args, **kwargs)
+            return result
+        finally:
+            hitokoto.jobs.orphan_early_model_calls(except_job_id=result[0].id if result else None)
 
     @classmethod
     def _popped(cls, result):

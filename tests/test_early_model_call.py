@@ -8,6 +8,7 @@ import threading
 
 import pytest
 from rq import Queue
+from rq.exceptions import DequeueTimeout
 from rq.job import Job
 
 import hitokoto.jobs
@@ -104,6 +105,18 @@ def test_a_job_gone_before_rq_fetched_it_still_adds_its_sentence_to_the_pool(job
     assert not work_in_burst(queue)  # no job ran
     wait_until(lambda: job_context.pool.counts() == (1, 1), message="the orphaned call's sentence")
     assert fake_model.calls == 1
+
+
+def test_a_job_gone_keeps_its_sentence_when_the_next_pop_times_out(job_context, queue, fake_model):
+    """A listening worker pops again after a job it cannot fetch, and waits: its wait ending
+    with no job (RQ's DequeueTimeout) settles the orphaned call too."""
+    job = queue.enqueue(INSTANT_JOB, False)
+    queue.connection.delete(job.key)
+    with pytest.raises(DequeueTimeout):
+        EarlyCallQueue.dequeue_any(
+            [EarlyCallQueue(queue.name, connection=queue.connection)], 1, queue.connection
+        )
+    wait_until(lambda: job_context.pool.counts() == (1, 1), message="the orphaned call's sentence")
 
 
 def test_a_job_whose_data_cannot_be_read_fails_keeps_its_sentence_and_the_worker_goes_on(
