@@ -17,11 +17,12 @@ def shared_pool(service_dir, workers):
     return Pool(service_dir / "pool.db")
 
 
-def run_batch(service_dir, *args, timeout_s=120):
+def run_batch(service_dir, *args, cwd=PROJECT_DIR, env: dict | None = None, timeout_s=120):
+    """batch.py with the session's service environment, plus `env`."""
     return subprocess.run(
         [sys.executable, str(PROJECT_DIR / "batch.py"), *args],
-        cwd=PROJECT_DIR,
-        env=service_env(service_dir),
+        cwd=cwd,
+        env=service_env(service_dir) | (env or {}),
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -83,14 +84,8 @@ def test_no_wait_only_enqueues_and_workers_fill_the_pool(service_dir, shared_poo
 def run_batch_with(service_dir, workdir, raw: dict, *args, env: dict | None = None):
     """batch.py run by hand in workdir, with `raw` as its config.json there."""
     (workdir / "config.json").write_text(json.dumps(raw))
-    return subprocess.run(
-        [sys.executable, str(PROJECT_DIR / "batch.py"), *args],
-        cwd=workdir,
-        env=service_env(service_dir) | {"HITOKOTO_CONFIG": str(workdir / "config.json")} | (env or {}),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    env = {"HITOKOTO_CONFIG": str(workdir / "config.json")} | (env or {})
+    return run_batch(service_dir, *args, cwd=workdir, env=env)
 
 
 def test_redis_down_gives_one_clear_line_and_exit_2(service_dir, tmp_path):
