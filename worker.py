@@ -71,9 +71,10 @@ class EarlyCallQueue(Queue):
 
 
 class ResilientWorker(SimpleWorker):
-    """A SimpleWorker whose instant jobs' model calls start when the job is popped
-    (EarlyCallQueue), and that registers again when Redis lost its state (restarted without
-    persistence), so the web app does not see "no worker" while this one is listening."""
+    """A SimpleWorker whose instant jobs' model calls are built while it waits and sent when
+    the job is popped (EarlyCallQueue), and that registers again when Redis lost its state
+    (restarted without persistence), so the web app does not see "no worker" while this one
+    is listening."""
 
     queue_class = EarlyCallQueue
 
@@ -82,6 +83,11 @@ class ResilientWorker(SimpleWorker):
     registration_check_interval_s = 5.0
     _next_registration_check = 0.0
     _job_just_dequeued = False
+
+    def dequeue_job_and_maintain_ttl(self, *args, **kwargs):
+        if not self.queue_class.early_call_queues.isdisjoint(self.queue_names()):
+            hitokoto.jobs.arm_model_call()  # built while this thread waits for the pop
+        return super().dequeue_job_and_maintain_ttl(*args, **kwargs)
 
     def execute_job(self, job, queue):
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 
 import openai
 
@@ -28,14 +29,59 @@ class GenerationError(Exception):
     """The model failed or gave unusable output. The message is safe to show to clients."""
 
 
+class CallCancelled(Exception):
+    """A held model call was cancelled before its request was sent: nothing was spent."""
+
+
+class SendGate:
+    """Holds the model requests of a thread that waits at it (hold_requests) until open() or
+    cancel(). The SDK spends ~1.5 ms of Python building a request before its HTTP client sends
+    it (bench/FINDINGS.md): a call held here has done that work before it is needed."""
+
+    def __init__(self):
+        self._decided = threading.Event()
+        self._cancelled = False
+
+    def open(self) -> None:
+        self._decided.set()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._decided.set()
+
+    def wait(self) -> None:
+        self._decided.wait()
+        if self._cancelled:
+            raise CallCancelled()
+
+
+_held = threading.local()  # .gate: the SendGate this thread's requests wait at, if any
+
+
+def hold_requests(gate: SendGate | None) -> None:
+    """From now on, this thread's model requests wait at `gate` before they are sent (and
+    retries of an opened one go straight through)."""
+    _held.gate = gate
+
+
+def _wait_at_gate(request) -> None:
+    """httpx request hook: it runs in the sending thread, once the request is built and
+    before any proxy or transport is chosen, so nothing held can leave early."""
+    gate = getattr(_held, "gate", None)
+    if gate is not None:
+        gate.wait()
+
+
 def make_client(config: Config) -> openai.OpenAI:
     """One SDK client per worker process: bounded timeout and retries (the SDK backs off on
-    429, honouring Retry-After, and on 5xx)."""
+    429, honouring Retry-After, and on 5xx). Its HTTP client is the SDK's own default one,
+    with the hook that holds requests at a thread's SendGate."""
     return openai.OpenAI(
         api_key=config.api_key or NO_KEY_PLACEHOLDER,
         base_url=config.base_url or None,
         timeout=config.model_timeout,
         max_retries=config.model_max_retries,
+        http_client=openai.DefaultHttpxClient(event_hooks={"request": [_wait_at_gate]}),
     )
 
 

@@ -10,7 +10,15 @@ import threading
 from rq import get_current_job
 
 from hitokoto.config import Config, load_config
-from hitokoto.generate import GenerationError, generate_many, generate_one, make_client
+from hitokoto.generate import (
+    CallCancelled,
+    GenerationError,
+    SendGate,
+    generate_many,
+    generate_one,
+    hold_requests,
+    make_client,
+)
 from hitokoto.pool import Pool, PoolError
 from hitokoto.queues import publish_outcome
 
@@ -34,29 +42,47 @@ def worker_context() -> WorkerContext:
 
 
 class EarlyModelCall:
-    """An instant job's model call, running in a daemon thread of its own (a worker told to
-    stop at once does not wait for the model); text() waits for its answer.
+    """An instant job's model call, made ahead of its job in a daemon thread of its own (a
+    worker told to stop at once does not wait for the model); text() waits for its answer.
 
-    A call that its job never takes (the job was gone when RQ fetched it, its data could not
-    be read, or RQ failed it before it ran) is orphaned: its sentence still goes into the
-    pool, as unused, since the tokens are spent either way."""
+    It is armed while the worker waits for jobs: the thread builds the SDK request and holds
+    it at a SendGate, so when fire(job_id) sends it, ~1.5 ms of the SDK's Python is already
+    done (bench/FINDINGS.md). A call cancelled before it was fired sent nothing.
 
-    def __init__(self, context: WorkerContext, job_id: str):
-        self._context = context
-        self._job_id = job_id
+    A fired call that its job never takes (the job was gone when RQ fetched it, its data
+    could not be read, or RQ failed it before it ran) is orphaned: its sentence still goes
+    into the pool, as unused, since the tokens are spent either way."""
+
+    def __init__(self, context: WorkerContext):
+        self.context = context
+        self._gate = SendGate()
+        self._job_id: str | None = None
         self._answered = threading.Event()
         self._text: str | None = None
         self._error: Exception | None = None
         self._lock = threading.Lock()  # between the answer arriving and orphan()
         self._orphaned = False
-        self._thread = threading.Thread(target=self._call, name=f"model-call-{job_id}", daemon=True)
+        self._thread = threading.Thread(target=self._call, name="model-call", daemon=True)
 
-    def start(self) -> None:
+    def arm(self) -> None:
+        """Start building the request; raises RuntimeError when no thread can be had."""
         self._thread.start()
 
+    def fire(self, job_id: str) -> None:
+        """Send the request (at once if it is built, else as soon as it is) for `job_id`."""
+        self._job_id = job_id
+        self._gate.open()
+
+    def cancel(self) -> None:
+        """Drop an armed call that was never fired: its request is not sent."""
+        self._gate.cancel()
+
     def _call(self) -> None:
+        hold_requests(self._gate)
         try:
-            self._text = generate_one(self._context.client, self._context.config)
+            self._text = generate_one(self.context.client, self.context.config)
+        except CallCancelled:
+            return  # never sent and never fired: nobody waits for it
         except Exception as exc:  # noqa: BLE001 - raised again by text(), in the job
             self._error = exc
         finally:
@@ -85,33 +111,63 @@ class EarlyModelCall:
             log.warning("model call for job %s, which never ran, failed: %s", self._job_id, self._error)
             return
         try:
-            self._context.pool.add_instant(self._text, self._context.config.model, keep_unused=True)
+            self.context.pool.add_instant(self._text, self.context.config.model, keep_unused=True)
         except PoolError as exc:
             log.error("sentence of job %s, which never ran, not stored: %s", self._job_id, exc)
             return
         log.info("job %s never ran; its model call's sentence was added to the pool as unused", self._job_id)
 
 
-# Started by the worker when it pops an instant job's id, before RQ fetches the job and
+# The call armed for the next instant job this worker pops, if any.
+_armed_call: EarlyModelCall | None = None
+# Fired by the worker when it popped an instant job's id, before RQ fetches the job and
 # records it as started; each is taken by its own job, or orphaned.
 _early_model_calls: dict[str, EarlyModelCall] = {}
 
 
-def start_model_call_early(job_id: str) -> None:
-    """From the worker, as soon as it has popped `job_id` from a queue of instant jobs: start
-    that job's model call now, so that it runs while RQ fetches the job and records it as
-    started (three round trips and their Python: ~1 ms less per instant request than a call
-    made by the job function, bench/FINDINGS.md). The job function then takes its answer."""
-    call = EarlyModelCall(worker_context(), job_id)
+def arm_model_call() -> None:
+    """From a worker about to wait for instant jobs: have the next job's model call built and
+    held, ready to send the moment its id is popped (a no-op while one is armed)."""
+    global _armed_call
+    context = worker_context()
+    _armed_call = _take_armed_call(context) or _armed(EarlyModelCall(context))
+
+
+def _armed(call: EarlyModelCall) -> EarlyModelCall | None:
+    """`call`, armed, or None when no thread can be had (the job then asks the model itself)."""
     try:
-        call.start()
-    except RuntimeError:  # no thread to be had (a resource limit): the job asks the model itself
-        return
-    _early_model_calls[job_id] = call
+        call.arm()
+    except RuntimeError:
+        return None
+    return call
+
+
+def _take_armed_call(context: WorkerContext) -> EarlyModelCall | None:
+    """The armed call, now no longer armed; None when there is none for `context` (one armed
+    for an earlier context, as tests reload it, is cancelled)."""
+    global _armed_call
+    call, _armed_call = _armed_call, None
+    if call is not None and call.context is not context:
+        call.cancel()
+        return None
+    return call
+
+
+def start_model_call_early(job_id: str) -> None:
+    """From the worker, as soon as it has popped `job_id` from a queue of instant jobs: send
+    that job's model call now (the armed one, or one started here), so that it runs while
+    RQ fetches the job and records it as started (three round trips and their Python: ~1 ms
+    less per instant request than a call made by the job function, bench/FINDINGS.md). The
+    job function then takes its answer."""
+    context = worker_context()
+    call = _take_armed_call(context) or _armed(EarlyModelCall(context))
+    if call is not None:
+        call.fire(job_id)
+        _early_model_calls[job_id] = call
 
 
 def orphan_early_model_calls(except_job_id: str | None = None) -> None:
-    """From the worker, when the calls it started, but the one of `except_job_id` (about to
+    """From the worker, when the calls it fired, but the one of `except_job_id` (about to
     run), will not be taken by their jobs: after a job has run or failed, or when RQ popped
     a job it could not fetch. Their sentences go into the pool."""
     for job_id in [job_id for job_id in _early_model_calls if job_id != except_job_id]:

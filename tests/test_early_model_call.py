@@ -1,10 +1,12 @@
-"""A worker starts an instant job's model call as soon as it pops the job's id, while RQ
-fetches the job and records it as started; the job function takes that call's answer
-instead of asking again, and a call whose job never runs still keeps its sentence."""
+"""A worker builds the next instant job's model call while it waits, and sends it as soon as
+it pops the job's id, while RQ fetches the job and records it as started; the job function
+takes that call's answer instead of asking again, a call armed but never fired sends
+nothing, and a call whose job never runs still keeps its sentence."""
 
 import json
 import signal
 import threading
+import time
 
 import pytest
 from rq import Queue
@@ -12,6 +14,7 @@ from rq.exceptions import DequeueTimeout
 from rq.job import Job
 
 import hitokoto.jobs
+from hitokoto.generate import SendGate, generate_many
 from hitokoto.queues import INSTANT_JOB, connect
 from tests.conftest import raw_config
 from tests.fake_model import Script
@@ -143,3 +146,72 @@ def test_with_no_thread_to_be_had_the_job_asks_the_model_itself(job_context, que
     assert fake_model.calls == 0
     outcome = job.perform()
     assert fake_model.calls == 1 and job_context.pool.get(outcome["sentence"]["id"]) is not None
+
+
+@pytest.fixture
+def requests_held(monkeypatch):
+    """Counts model requests that reached their SendGate (built, and waiting to be sent)."""
+    held = []
+    wait = SendGate.wait
+
+    def counted_wait(gate):
+        held.append(gate)
+        wait(gate)
+
+    monkeypatch.setattr(SendGate, "wait", counted_wait)
+    return held
+
+
+def test_an_armed_call_builds_its_request_but_sends_it_only_when_its_job_is_popped(
+    job_context, queue, fake_model, requests_held
+):
+    hitokoto.jobs.arm_model_call()
+    wait_until(lambda: len(requests_held) == 1, message="the armed call's request to be built")
+    time.sleep(0.2)
+    assert fake_model.calls == 0  # held, not sent
+    job = queue.enqueue(INSTANT_JOB, False)
+    hitokoto.jobs.start_model_call_early(job.id)
+    outcome = job.perform()
+    hitokoto.jobs.orphan_early_model_calls()
+    assert fake_model.calls == 1
+    assert job_context.pool.get(outcome["sentence"]["id"]).text == outcome["sentence"]["text"]
+
+
+def test_a_worker_arms_a_call_before_each_wait_and_an_unfired_one_costs_nothing(
+    job_context, queue, fake_model, requests_held
+):
+    """One job: the call armed before the first pop serves it, the one armed before the
+    second pop (which finds the queue empty) is never sent."""
+    job = queue.enqueue(INSTANT_JOB, False)
+    assert work_in_burst(queue)
+    assert job.get_status(refresh=True) == "finished"
+    wait_until(lambda: len(requests_held) == 2, message="a call armed for the next job")
+    time.sleep(0.2)
+    assert fake_model.calls == 1
+    assert job_context.pool.counts() == (1, 0)
+
+
+def test_other_model_calls_on_the_same_client_are_not_held(job_context, fake_model, requests_held):
+    hitokoto.jobs.arm_model_call()
+    wait_until(lambda: len(requests_held) == 1, message="the armed call's request to be built")
+    texts, _rejected = generate_many(job_context.client, job_context.config, 3)  # as a batch job does
+    assert len(texts) == 3 and fake_model.calls == 1
+
+
+def test_a_call_armed_for_an_earlier_config_is_not_sent(
+    job_context, queue, fake_model, requests_held, service_dir, tmp_path, monkeypatch
+):
+    hitokoto.jobs.arm_model_call()
+    wait_until(lambda: len(requests_held) == 1, message="the armed call's request to be built")
+    reloaded = raw_config(service_dir, database=str(tmp_path / "reloaded"), prompt="换一句新的提示。")
+    (tmp_path / "reloaded.json").write_text(json.dumps(reloaded))
+    monkeypatch.setenv("HITOKOTO_CONFIG", str(tmp_path / "reloaded.json"))
+    hitokoto.jobs.worker_context.cache_clear()
+    job = queue.enqueue(INSTANT_JOB, False)
+    hitokoto.jobs.start_model_call_early(job.id)
+    outcome = job.perform()
+    hitokoto.jobs.orphan_early_model_calls()
+    hitokoto.jobs.worker_context().pool.close()
+    time.sleep(0.2)
+    assert "sentence" in outcome
+    assert fake_model.prompts == ["换一句新的提示。"]  # the earlier config's call was never sent
