@@ -215,3 +215,28 @@ def test_a_call_armed_for_an_earlier_config_is_not_sent(
     time.sleep(0.2)
     assert "sentence" in outcome
     assert fake_model.prompts == ["换一句新的提示。"]  # the earlier config's call was never sent
+
+
+def test_behind_a_proxy_an_armed_call_is_still_held(
+    job_context, queue, fake_model, requests_held, service_dir, tmp_path, monkeypatch
+):
+    """The hook runs before httpx picks a proxy's transport: with the model API reached
+    through HTTP_PROXY (here the stand-in itself, which answers any path), an armed call
+    sends nothing until it is fired, and then goes through the proxy."""
+    proxied = raw_config(service_dir, database=str(tmp_path / "proxied"), base_url="http://model.invalid/v1")
+    (tmp_path / "proxied.json").write_text(json.dumps(proxied))
+    monkeypatch.setenv("HITOKOTO_CONFIG", str(tmp_path / "proxied.json"))
+    monkeypatch.setenv("HTTP_PROXY", fake_model.base_url.removesuffix("/v1"))
+    for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    hitokoto.jobs.worker_context.cache_clear()
+    hitokoto.jobs.arm_model_call()
+    wait_until(lambda: len(requests_held) == 1, message="the armed call's request to be built")
+    time.sleep(0.2)
+    assert fake_model.calls == 0
+    job = queue.enqueue(INSTANT_JOB, False)
+    hitokoto.jobs.start_model_call_early(job.id)
+    outcome = job.perform()
+    hitokoto.jobs.orphan_early_model_calls()
+    hitokoto.jobs.worker_context().pool.close()
+    assert "sentence" in outcome and fake_model.calls == 1
