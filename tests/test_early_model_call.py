@@ -22,16 +22,21 @@ from tests.helpers import wait_until
 from worker import EarlyCallQueue, ResilientWorker
 
 
+def use_config(monkeypatch, path, raw: dict) -> None:
+    """Job functions in this process load `raw` (written to `path`) from their next use on,
+    as a worker started on that config would."""
+    path.write_text(json.dumps(raw))
+    monkeypatch.setenv("HITOKOTO_CONFIG", str(path))
+    hitokoto.jobs.worker_context.cache_clear()
+
+
 @pytest.fixture
 def job_context(tmp_path, service_dir, monkeypatch):
     """Job functions run in this process, on a pool file of their own."""
-    raw = raw_config(service_dir, database=str(tmp_path / "early"), model_max_retries=0)
-    config_path = tmp_path / "config.json"
-    config_path.write_text(json.dumps(raw))
-    monkeypatch.setenv("HITOKOTO_CONFIG", str(config_path))
     for name in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "REDIS_URL"):
         monkeypatch.delenv(name, raising=False)
-    hitokoto.jobs.worker_context.cache_clear()
+    raw = raw_config(service_dir, database=str(tmp_path / "early"), model_max_retries=0)
+    use_config(monkeypatch, tmp_path / "config.json", raw)
     context = hitokoto.jobs.worker_context()
     yield context
     context.pool.close()
@@ -59,6 +64,16 @@ def work_in_burst(queue: Queue) -> bool:
             signal.signal(signum, handler)
 
 
+def run_as_popped(queue: Queue, keep_unused: bool = False) -> dict:
+    """Enqueue an instant job and run it as a worker does: its model call is fired when its
+    id is popped, then the job function runs; returns the job's outcome."""
+    job = queue.enqueue(INSTANT_JOB, keep_unused)
+    hitokoto.jobs.start_model_call_early(job.id)
+    outcome = job.perform()
+    hitokoto.jobs.orphan_early_model_calls()
+    return outcome
+
+
 def test_the_job_takes_the_answer_of_the_call_started_before_it_ran(job_context, queue, fake_model):
     job = queue.enqueue(INSTANT_JOB, False)
     hitokoto.jobs.start_model_call_early(job.id)
@@ -72,10 +87,7 @@ def test_the_job_takes_the_answer_of_the_call_started_before_it_ran(job_context,
 
 def test_a_failed_early_call_is_the_jobs_upstream_error(job_context, queue, fake_model):
     fake_model.script = Script(status=500)
-    job = queue.enqueue(INSTANT_JOB, True)
-    hitokoto.jobs.start_model_call_early(job.id)
-    outcome = job.perform()
-    hitokoto.jobs.orphan_early_model_calls()
+    outcome = run_as_popped(queue, keep_unused=True)
     assert outcome["error"]["code"] == "upstream_error"
     assert fake_model.calls == 1
     assert job_context.pool.counts() == (0, 0)
@@ -162,17 +174,18 @@ def requests_held(monkeypatch):
     return held
 
 
+def arm_and_wait(requests_held: list) -> None:
+    hitokoto.jobs.arm_model_call()
+    wait_until(lambda: len(requests_held) == 1, message="the armed call's request to be built")
+
+
 def test_an_armed_call_builds_its_request_but_sends_it_only_when_its_job_is_popped(
     job_context, queue, fake_model, requests_held
 ):
-    hitokoto.jobs.arm_model_call()
-    wait_until(lambda: len(requests_held) == 1, message="the armed call's request to be built")
+    arm_and_wait(requests_held)
     time.sleep(0.2)
     assert fake_model.calls == 0  # held, not sent
-    job = queue.enqueue(INSTANT_JOB, False)
-    hitokoto.jobs.start_model_call_early(job.id)
-    outcome = job.perform()
-    hitokoto.jobs.orphan_early_model_calls()
+    outcome = run_as_popped(queue)
     assert fake_model.calls == 1
     assert job_context.pool.get(outcome["sentence"]["id"]).text == outcome["sentence"]["text"]
 
@@ -192,8 +205,7 @@ def test_a_worker_arms_a_call_before_each_wait_and_an_unfired_one_costs_nothing(
 
 
 def test_other_model_calls_on_the_same_client_are_not_held(job_context, fake_model, requests_held):
-    hitokoto.jobs.arm_model_call()
-    wait_until(lambda: len(requests_held) == 1, message="the armed call's request to be built")
+    arm_and_wait(requests_held)
     texts, _rejected = generate_many(job_context.client, job_context.config, 3)  # as a batch job does
     assert len(texts) == 3 and fake_model.calls == 1
 
@@ -201,16 +213,10 @@ def test_other_model_calls_on_the_same_client_are_not_held(job_context, fake_mod
 def test_a_call_armed_for_an_earlier_config_is_not_sent(
     job_context, queue, fake_model, requests_held, service_dir, tmp_path, monkeypatch
 ):
-    hitokoto.jobs.arm_model_call()
-    wait_until(lambda: len(requests_held) == 1, message="the armed call's request to be built")
+    arm_and_wait(requests_held)
     reloaded = raw_config(service_dir, database=str(tmp_path / "reloaded"), prompt="换一句新的提示。")
-    (tmp_path / "reloaded.json").write_text(json.dumps(reloaded))
-    monkeypatch.setenv("HITOKOTO_CONFIG", str(tmp_path / "reloaded.json"))
-    hitokoto.jobs.worker_context.cache_clear()
-    job = queue.enqueue(INSTANT_JOB, False)
-    hitokoto.jobs.start_model_call_early(job.id)
-    outcome = job.perform()
-    hitokoto.jobs.orphan_early_model_calls()
+    use_config(monkeypatch, tmp_path / "reloaded.json", reloaded)
+    outcome = run_as_popped(queue)
     hitokoto.jobs.worker_context().pool.close()
     time.sleep(0.2)
     assert "sentence" in outcome
@@ -223,20 +229,14 @@ def test_behind_a_proxy_an_armed_call_is_still_held(
     """The hook runs before httpx picks a proxy's transport: with the model API reached
     through HTTP_PROXY (here the stand-in itself, which answers any path), an armed call
     sends nothing until it is fired, and then goes through the proxy."""
-    proxied = raw_config(service_dir, database=str(tmp_path / "proxied"), base_url="http://model.invalid/v1")
-    (tmp_path / "proxied.json").write_text(json.dumps(proxied))
-    monkeypatch.setenv("HITOKOTO_CONFIG", str(tmp_path / "proxied.json"))
     monkeypatch.setenv("HTTP_PROXY", fake_model.base_url.removesuffix("/v1"))
     for name in ("NO_PROXY", "no_proxy", "http_proxy", "ALL_PROXY", "all_proxy"):
         monkeypatch.delenv(name, raising=False)
-    hitokoto.jobs.worker_context.cache_clear()
-    hitokoto.jobs.arm_model_call()
-    wait_until(lambda: len(requests_held) == 1, message="the armed call's request to be built")
+    proxied = raw_config(service_dir, database=str(tmp_path / "proxied"), base_url="http://model.invalid/v1")
+    use_config(monkeypatch, tmp_path / "proxied.json", proxied)
+    arm_and_wait(requests_held)
     time.sleep(0.2)
     assert fake_model.calls == 0
-    job = queue.enqueue(INSTANT_JOB, False)
-    hitokoto.jobs.start_model_call_early(job.id)
-    outcome = job.perform()
-    hitokoto.jobs.orphan_early_model_calls()
+    outcome = run_as_popped(queue)
     hitokoto.jobs.worker_context().pool.close()
     assert "sentence" in outcome and fake_model.calls == 1
