@@ -28,6 +28,16 @@ def wait_until(condition, timeout_s: float = 15, interval_s: float = 0.05, messa
     raise AssertionError(f"timed out after {timeout_s}s waiting for {message}")
 
 
+def assert_stays(condition, for_s: float = 0.2, interval_s: float = 0.01, message: str = "condition") -> None:
+    """Poll condition() for for_s seconds and fail as soon as it is false: for what must
+    not happen (a request that must not be sent), where there is nothing to wait for."""
+    deadline = time.monotonic() + for_s
+    while time.monotonic() < deadline:
+        assert condition(), f"{message} stopped holding"
+        time.sleep(interval_s)
+    assert condition(), f"{message} stopped holding"
+
+
 def redis_answers(url: str) -> bool:
     """True when a Redis server answers PING at url."""
     try:

@@ -6,7 +6,6 @@ nothing, and a call whose job never runs still keeps its sentence."""
 import json
 import signal
 import threading
-import time
 
 import pytest
 from rq import Queue
@@ -18,7 +17,7 @@ from hitokoto.generate import SendGate, generate_many
 from hitokoto.queues import INSTANT_JOB, connect
 from tests.conftest import raw_config
 from tests.fake_model import Script
-from tests.helpers import wait_until
+from tests.helpers import assert_stays, wait_until
 from worker import EarlyCallQueue, ResilientWorker
 
 
@@ -183,8 +182,7 @@ def test_an_armed_call_builds_its_request_but_sends_it_only_when_its_job_is_popp
     job_context, queue, fake_model, requests_held
 ):
     arm_and_wait(requests_held)
-    time.sleep(0.2)
-    assert fake_model.calls == 0  # held, not sent
+    assert_stays(lambda: fake_model.calls == 0, message="no model call while the call is armed")
     outcome = run_as_popped(queue)
     assert fake_model.calls == 1
     assert job_context.pool.get(outcome["sentence"]["id"]).text == outcome["sentence"]["text"]
@@ -199,8 +197,7 @@ def test_a_worker_arms_a_call_before_each_wait_and_an_unfired_one_costs_nothing(
     assert work_in_burst(queue)
     assert job.get_status(refresh=True) == "finished"
     wait_until(lambda: len(requests_held) == 2, message="a call armed for the next job")
-    time.sleep(0.2)
-    assert fake_model.calls == 1
+    assert_stays(lambda: fake_model.calls == 1, message="one model call, for the one job")
     assert job_context.pool.counts() == (1, 0)
 
 
@@ -218,9 +215,9 @@ def test_a_call_armed_for_an_earlier_config_is_not_sent(
     use_config(monkeypatch, tmp_path / "reloaded.json", reloaded)
     outcome = run_as_popped(queue)
     hitokoto.jobs.worker_context().pool.close()
-    time.sleep(0.2)
     assert "sentence" in outcome
-    assert fake_model.prompts == ["换一句新的提示。"]  # the earlier config's call was never sent
+    # the earlier config's call is never sent: only the new config's prompt reaches the model
+    assert_stays(lambda: fake_model.prompts == ["换一句新的提示。"], message="only the new config's call")
 
 
 def test_behind_a_proxy_an_armed_call_is_still_held(
@@ -235,8 +232,7 @@ def test_behind_a_proxy_an_armed_call_is_still_held(
     proxied = raw_config(service_dir, database=str(tmp_path / "proxied"), base_url="http://model.invalid/v1")
     use_config(monkeypatch, tmp_path / "proxied.json", proxied)
     arm_and_wait(requests_held)
-    time.sleep(0.2)
-    assert fake_model.calls == 0
+    assert_stays(lambda: fake_model.calls == 0, message="no model call while the call is armed")
     outcome = run_as_popped(queue)
     hitokoto.jobs.worker_context().pool.close()
     assert "sentence" in outcome and fake_model.calls == 1
