@@ -37,10 +37,10 @@ WORKER_TTL_S = 20
 
 
 class EarlyCallQueue(Queue):
-    """RQ's queue as a worker pops from it: popping an instant job's id starts the job's
-    model call at once (hitokoto.jobs.start_model_call_early), before RQ fetches the job and
-    records it as started. Calls whose jobs will not run are orphaned, and keep their
-    sentences (hitokoto.jobs.orphan_early_model_calls)."""
+    """RQ's queue as a worker pops from it: popping an instant job's id sends the job's model
+    call at once (the one armed while the worker waited, hitokoto.jobs.start_model_call_early),
+    before RQ fetches the job and records it as started. Calls whose jobs will not run are
+    orphaned, and keep their sentences (hitokoto.jobs.orphan_early_model_calls)."""
 
     early_call_queues = frozenset({INSTANT_QUEUE})  # queues that hold nothing but instant jobs
 
