@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 
 from hitokoto.config import Config, redis_url_configured
-from hitokoto.embedded_redis import URL_FILE
+from hitokoto.embedded_redis import URL_FILE, recorded_url
 from hitokoto.queues import batch_queue, connect, enqueue_batch, worker_count
 from hitokoto.startup import fail, fail_redis_unreachable, load_config_or_exit, redacted_url
 
@@ -103,9 +103,9 @@ def service_redis(config: Config) -> tuple[Config, str]:
     """
     if redis_url_configured():
         return config, ""
-    if not URL_FILE.is_file():
+    url = recorded_url()
+    if url is None:
         return config, " (or start ./run.sh, whose private Redis batch.py then finds by itself)"
-    url = URL_FILE.read_text(encoding="utf-8").strip()
     if not url.startswith("redis://"):
         fail(f"{URL_FILE} does not hold a Redis URL; start ./run.sh again, or set REDIS_URL")
     hint = f" (the private Redis of ./run.sh, from {URL_FILE}: is ./run.sh running?)"

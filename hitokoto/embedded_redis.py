@@ -32,6 +32,14 @@ def find_redis_server() -> str | None:
     return None
 
 
+def recorded_url() -> str | None:
+    """The URL ./run.sh left in URL_FILE for its private Redis (it may have stopped since),
+    or None when there is no such file."""
+    if not URL_FILE.is_file():
+        return None
+    return URL_FILE.read_text(encoding="utf-8").strip()
+
+
 def server_command(binary: str, port: int, data_dir: Path, persist: bool = True) -> list[str]:
     """redis-server on 127.0.0.1:port; with persist, a snapshot in data_dir every minute.
 

