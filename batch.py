@@ -25,7 +25,7 @@ import time
 from redis.exceptions import RedisError
 from rq.job import Job, JobStatus
 
-from hitokoto.config import Config, redis_url_configured
+from hitokoto.config import Config
 from hitokoto.embedded_redis import URL_FILE, recorded_url
 from hitokoto.queues import batch_queue, connect, enqueue_batch, worker_count
 from hitokoto.startup import fail, fail_redis_unreachable, load_config_or_exit, redacted_url
@@ -101,7 +101,7 @@ def service_redis(config: Config) -> tuple[Config, str]:
     With no Redis configured, ./run.sh serves from a private Redis on a port of its choosing,
     so the default URL would be some other Redis (where no worker takes these jobs).
     """
-    if redis_url_configured():
+    if config.redis_url_configured:
         return config, ""
     url = recorded_url()
     if url is None:

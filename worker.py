@@ -24,7 +24,7 @@ from rq import Queue, SimpleWorker, worker_registration
 from rq.utils import as_text
 
 import hitokoto.jobs  # noqa: F401 - imports openai once, before forking the worker processes
-from hitokoto.config import ConfigError, redis_url_configured
+from hitokoto.config import Config, ConfigError
 from hitokoto.embedded_redis import URL_FILE, recorded_url
 from hitokoto.pool import Pool, PoolError
 from hitokoto.queues import BATCH_QUEUE, INSTANT_QUEUE, connect, recover_dead_worker
@@ -211,18 +211,18 @@ def wait_for_redis(redis_url: str, timeout_s: float) -> bool:
             time.sleep(0.5)
 
 
-def warn_if_run_sh_serves_elsewhere(redis_url: str) -> None:
+def warn_if_run_sh_serves_elsewhere(config: Config) -> None:
     """A worker started by hand beside ./run.sh, with no Redis configured, takes jobs from
     the default Redis, while the service's web and batch.py use ./run.sh's private one (its
     URL in URL_FILE): say so, and how to join that service, rather than wait in silence.
     ./run.sh hands its own worker REDIS_URL, which counts as configured."""
     private_url = recorded_url()
-    if private_url is None or private_url == redis_url or redis_url_configured():
+    if config.redis_url_configured or private_url is None or private_url == config.redis_url:
         return
     log.warning(
         "no Redis is configured, so this worker takes jobs from %s; ./run.sh left the URL of its "
         "private Redis in %s: to work for that service, start the worker with REDIS_URL=%s",
-        redacted_url(redis_url),
+        redacted_url(config.redis_url),
         URL_FILE,
         redacted_url(private_url),
     )
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         pool.close()  # each process opens its own connection after the fork
     except PoolError as exc:
         fail(str(exc))
-    warn_if_run_sh_serves_elsewhere(config.redis_url)  # before a wait for a Redis that may not run
+    warn_if_run_sh_serves_elsewhere(config)  # before a wait for a Redis that may not run
     if not wait_for_redis(config.redis_url, args.redis_wait):
         fail_redis_unreachable(config.redis_url)
     plans = [[INSTANT_QUEUE]] * args.instant_workers + [[INSTANT_QUEUE, BATCH_QUEUE]] * args.workers

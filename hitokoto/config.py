@@ -71,6 +71,9 @@ class Config:
     model_timeout: float = 60.0
     model_max_retries: int = 2
     trusted_proxies: int = 0
+    # Whether REDIS_URL or config.json named a Redis (not a key of its own): without one,
+    # ./run.sh runs a private Redis (hitokoto.embedded_redis), not the default above.
+    redis_url_configured: bool = False
 
     @property
     def model_configured(self) -> bool:
@@ -209,6 +212,7 @@ def build_config(
     """
     values = _apply_env(raw, dict(os.environ) if environ is None else environ)
     _check_types(values)
+    values["redis_url_configured"] = "redis_url" in values
     token_missing = values.get("access_token", "").strip().lower() in PLACEHOLDER_VALUES
     if token_missing and not web:
         values["access_token"] = ""
@@ -247,14 +251,6 @@ def read_raw_config(path: str | os.PathLike | None = None) -> dict[str, Any]:
         return _read_json(_config_path(path))
     except ConfigError:
         return {}
-
-
-def redis_url_configured(path: str | os.PathLike | None = None) -> bool:
-    """Whether REDIS_URL (environment or .env) or the config file's redis_url names a Redis.
-    Without one, ./run.sh runs a private Redis (hitokoto.embedded_redis), not the default."""
-    if _environ_beside(_config_path(path)).get("REDIS_URL"):
-        return True
-    return "redis_url" in read_raw_config(path)
 
 
 def _config_path(path: str | os.PathLike | None) -> Path:

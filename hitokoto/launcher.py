@@ -22,7 +22,6 @@ from hitokoto.config import (
     load_config,
     read_env_file,
     read_raw_config,
-    redis_url_configured,
 )
 from hitokoto.embedded_redis import DATA_DIR_ENV, PORT_ENV, URL_FILE, find_redis_server
 from hitokoto.startup import fail, redacted_url
@@ -122,11 +121,11 @@ def main() -> None:
         os.environ.setdefault(key, value)
     config_raw = read_raw_config()
     token_location = ensure_access_token(config_raw)
-    embedded = not redis_url_configured()
     try:
         config = load_config()  # with embedded Redis, its redis_url is not the one used
     except ConfigError as exc:
         fail(str(exc))
+    embedded = not config.redis_url_configured
     # Before the private Redis is set up: a second ./run.sh must not repoint data/redis/url.
     if port_in_use(config.port, os.environ.get("HOST", "0.0.0.0")):  # gunicorn.conf.py's bind
         fail(

@@ -146,6 +146,21 @@ def test_only_the_web_app_needs_the_access_token(tmp_path):
         build_config({"access_token": "change-me"}, tmp_path, environ={}, web=True)
 
 
+def test_a_redis_counts_as_configured_only_when_named(tmp_path):
+    """Without one named, ./run.sh runs a private Redis and batch.py looks for it."""
+    url = "redis://10.0.0.5:6379/0"
+
+    def configured(raw: dict, environ: dict) -> bool:
+        return build_config({"access_token": TOKEN} | raw, tmp_path, environ=environ).redis_url_configured
+
+    assert not configured({}, {})
+    assert not configured({}, {"REDIS_URL": ""})
+    assert configured({"redis_url": url}, {})
+    assert configured({}, {"REDIS_URL": url})
+    with pytest.raises(ConfigError, match='unknown config key "redis_url_configured"'):
+        configured({"redis_url_configured": True}, {})
+
+
 def test_dot_env_beside_the_config_fills_in_what_the_environment_does_not(tmp_path, monkeypatch):
     (tmp_path / "config.json").write_text(json.dumps({"access_token": "change-me", "port": 1}))
     (tmp_path / ".env").write_text(

@@ -225,17 +225,16 @@ def test_a_worker_started_by_hand_beside_run_sh_says_how_to_join_its_service(tmp
     monkeypatch.chdir(tmp_path)
     for name in ("REDIS_URL", "HITOKOTO_CONFIG"):
         monkeypatch.delenv(name, raising=False)
-    default_url = load_config(web=False).redis_url
+    unconfigured = load_config(web=False)
     with caplog.at_level(logging.WARNING, logger="hitokoto.worker"):
-        worker.warn_if_run_sh_serves_elsewhere(default_url)
-        assert f"takes jobs from {default_url}" in caplog.text
+        worker.warn_if_run_sh_serves_elsewhere(unconfigured)
+        assert f"takes jobs from {unconfigured.redis_url}" in caplog.text
         assert "start the worker with REDIS_URL=redis://127.0.0.1:6399/0" in caplog.text
         caplog.clear()
         monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6399/0")  # as ./run.sh starts its worker
-        worker.warn_if_run_sh_serves_elsewhere(load_config(web=False).redis_url)
-        monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6400/0")  # configured on purpose
-        worker.warn_if_run_sh_serves_elsewhere(load_config(web=False).redis_url)
+        worker.warn_if_run_sh_serves_elsewhere(load_config(web=False))
+        monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6400/0")  # another Redis, on purpose
+        worker.warn_if_run_sh_serves_elsewhere(load_config(web=False))
         url_file.unlink()  # no ./run.sh here
-        monkeypatch.delenv("REDIS_URL")
-        worker.warn_if_run_sh_serves_elsewhere(default_url)
+        worker.warn_if_run_sh_serves_elsewhere(unconfigured)
     assert caplog.text == ""
