@@ -2,8 +2,10 @@
 
 Enqueues batch jobs (each asks the model for many sentences in one call), shows progress
 while the workers drain them, tops up when duplicates or failures leave it short, and ends
-with `new / duplicate / failed`. Exit status: 0 when at least one new sentence was added,
-1 when nothing could be generated, 2 on configuration or Redis errors.
+with `new / duplicate / failed`. With --fill-to N instead of -n it adds only what the pool
+lacks of N unused sentences (read from the pool file, so it runs where the service does).
+Exit status: 0 when at least one new sentence was added (or --fill-to found nothing to
+add), 1 when nothing could be generated, 2 on configuration, pool or Redis errors.
 
 It talks to the service's Redis: REDIS_URL (environment or .env) or config.json's redis_url
 when set, else the private Redis that ./run.sh starts (it leaves the URL in data/redis/url,
@@ -12,6 +14,7 @@ relative to the working directory, as run.sh's own), else redis://127.0.0.1:6379
 Examples:
   python batch.py -n 200          # add 200 new sentences and wait for them
   python batch.py -n 1000 --no-wait   # only enqueue (e.g. from cron); workers do the rest
+  python batch.py --fill-to 500   # top the pool up to 500 unused sentences (e.g. nightly)
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rq.job import Job, JobStatus
 
 from hitokoto.config import Config
 from hitokoto.embedded_redis import URL_FILE, recorded_url
+from hitokoto.pool import Pool, PoolError
 from hitokoto.queues import batch_queue, connect, enqueue_batch, worker_count
 from hitokoto.startup import fail, fail_redis_unreachable, load_config_or_exit, redacted_url
 
@@ -112,6 +116,27 @@ def service_redis(config: Config) -> tuple[Config, str]:
     return dataclasses.replace(config, redis_url=url), hint
 
 
+def missing_unused(config: Config, fill_to: int) -> int:
+    """How many sentences the pool lacks of `fill_to` unused ones. Reads the pool file itself
+    (a count kept in one row: no scan), and refuses a path with no pool rather than create
+    one: batch.py run on another machine than the service would otherwise add a full
+    `fill_to` on every run. Jobs still queued (an earlier --no-wait) are not counted."""
+    if not config.database.is_file():
+        fail(
+            f"--fill-to reads the pool, and there is none at {config.database}; run batch.py where "
+            "the service runs (its worker creates the pool), or use -n"
+        )
+    pool = Pool(config.database)
+    try:
+        unused = pool.counts()[1]
+    except PoolError as exc:
+        fail(str(exc))
+    finally:
+        pool.close()
+    print(f"[batch] the pool holds {unused} unused sentence(s); --fill-to {fill_to}", file=sys.stderr)
+    return max(0, fill_to - unused)
+
+
 def run(config: Config, wanted: int, wait: bool, timeout_s: float, unreachable_hint: str = "") -> int:
     connection = connect(config.redis_url)
     queue = batch_queue(connection)
@@ -154,12 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         epilog=__doc__.split("Examples:")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument(
+    how_many = parser.add_mutually_exclusive_group()
+    how_many.add_argument(
         "-n",
         "--num",
         type=int,
         default=config.sentence_num,
         help=f"new sentences to add (default sentence_num = {config.sentence_num})",
+    )
+    how_many.add_argument(
+        "--fill-to", type=int, metavar="N", help="add only what the pool lacks of N unused sentences"
     )
     parser.add_argument("--no-wait", action="store_true", help="only enqueue, do not wait")
     parser.add_argument(
@@ -168,15 +197,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num < 1:
         fail("-n must be at least 1")
+    if args.fill_to is not None and args.fill_to < 1:
+        fail("--fill-to must be at least 1")
     if not config.model_configured:
         fail(
             "no model configured: set OPENAI_API_KEY in .env (read by ./run.sh and batch.py alike) "
             "or in this shell, or api_key / base_url in config.json"
         )
+    wanted = args.num if args.fill_to is None else missing_unused(config, args.fill_to)
+    if wanted == 0:
+        print(f"nothing to add: the pool already holds {args.fill_to} or more unused sentences")
+        return 0
     config, unreachable_hint = service_redis(config)
     try:
         return run(
-            config, args.num, wait=not args.no_wait, timeout_s=args.timeout, unreachable_hint=unreachable_hint
+            config, wanted, wait=not args.no_wait, timeout_s=args.timeout, unreachable_hint=unreachable_hint
         )
     except RedisError:
         fail(f"lost connection to Redis at {redacted_url(config.redis_url)}")

@@ -546,8 +546,11 @@ class Pool:
     def counts(self) -> tuple[int, int]:
         """(total sentences, unused sentences), read without a scan."""
         conn = self.connect()
-        total = conn.execute("SELECT COALESCE(MAX(id), 0) FROM sentence_rows").fetchone()[0]
-        return total, conn.execute("SELECT unused_count FROM pool_state").fetchone()[0]
+        try:
+            total = conn.execute("SELECT COALESCE(MAX(id), 0) FROM sentence_rows").fetchone()[0]
+            return total, conn.execute("SELECT unused_count FROM pool_state").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise PoolError(f"sentence pool {self.path} cannot be read: {exc}") from None
 
     def check_integrity(self) -> list[str]:
         """Problems found in the unused sentences and their counts (empty when consistent).

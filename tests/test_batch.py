@@ -141,3 +141,38 @@ def test_no_model_says_where_batch_py_looks_for_one(service_dir, tmp_path):
         "hitokoto: no model configured: set OPENAI_API_KEY in .env (read by ./run.sh and batch.py "
         "alike) or in this shell, or api_key / base_url in config.json"
     ]
+
+
+def test_fill_to_adds_only_what_the_pool_lacks(service_dir, shared_pool, fake_model):
+    """For cron: a nightly --fill-to tops the pool up, and spends nothing when it is full."""
+    total_before, unused_before = shared_pool.counts()
+    target = unused_before + 25
+    result = run_batch(service_dir, "--fill-to", str(target))
+    assert result.returncode == 0, result.stderr
+    assert "new 25 / duplicate 0 / failed 0" in result.stdout
+    assert fake_model.calls == 2  # batch_size 20: 20 + 5
+    assert shared_pool.counts() == (total_before + 25, target)
+    again = run_batch(service_dir, "--fill-to", str(target))
+    assert again.returncode == 0, again.stderr
+    assert f"nothing to add: the pool already holds {target} or more unused sentences" in again.stdout
+    assert fake_model.calls == 2
+    assert shared_pool.counts() == (total_before + 25, target)
+
+
+def test_fill_to_without_the_pool_file_says_so_and_creates_nothing(service_dir, tmp_path):
+    elsewhere = tmp_path / "not-here" / "pool.db"
+    result = run_batch_with(
+        service_dir, tmp_path, raw_config(service_dir, database=str(elsewhere)), "--fill-to", "50"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"hitokoto: --fill-to reads the pool, and there is none at {elsewhere}; run batch.py where "
+        "the service runs (its worker creates the pool), or use -n"
+    ]
+    assert not elsewhere.parent.exists()
+
+
+def test_fill_to_and_n_exclude_each_other(service_dir, tmp_path):
+    result = run_batch(service_dir, "-n", "5", "--fill-to", "50")
+    assert result.returncode == 2
+    assert "not allowed with argument" in result.stderr
