@@ -253,12 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         pool.close()  # each process opens its own connection after the fork
     except PoolError as exc:
         fail(str(exc))
-    warn_if_run_sh_serves_elsewhere(config)  # before a wait for a Redis that may not run
-    if not wait_for_redis(config.redis_url, args.redis_wait):
-        fail_redis_unreachable(config.redis_url)
     plans = [[INSTANT_QUEUE]] * args.instant_workers + [[INSTANT_QUEUE, BATCH_QUEUE]] * args.workers
     if not plans:
         fail("nothing to run: --workers and --instant-workers are both 0")
+    warn_if_run_sh_serves_elsewhere(config)  # before a wait for a Redis that may not run
+    if not wait_for_redis(config.redis_url, args.redis_wait):
+        fail_redis_unreachable(config.redis_url)
     shown_url = redacted_url(config.redis_url)
     log.info("starting %d worker process(es); model %s; Redis %s", len(plans), config.model, shown_url)
     return supervise(config.redis_url, plans, args.burst)

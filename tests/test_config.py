@@ -139,6 +139,17 @@ def test_worker_without_redis_says_it_waits_then_fails_with_one_line(tmp_path):
     assert password not in result.stderr + result.stdout
 
 
+def test_a_worker_with_nothing_to_run_says_so_before_waiting_for_redis(tmp_path):
+    raw_config = {"access_token": TOKEN, "redis_url": f"redis://127.0.0.1:{free_port()}/0"}  # nothing there
+    result = run_worker_with(
+        tmp_path, raw_config, "--workers", "0", "--instant-workers", "0", "--redis-wait", "30"
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "hitokoto: nothing to run: --workers and --instant-workers are both 0"
+    ]
+
+
 def test_only_the_web_app_needs_the_access_token(tmp_path):
     config = build_config({"access_token": "change-me"}, tmp_path, environ={}, web=False)
     assert config.access_token == ""
