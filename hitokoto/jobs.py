@@ -129,12 +129,16 @@ def arm_model_call() -> None:
     """From a worker about to wait for instant jobs: have the next job's model call built and
     held, ready to send the moment its id is popped (a no-op while one is armed)."""
     global _armed_call
-    context = worker_context()
-    _armed_call = _take_armed_call(context) or _armed(EarlyModelCall(context))
+    _armed_call = _ready_call(worker_context())
 
 
-def _armed(call: EarlyModelCall) -> EarlyModelCall | None:
-    """`call`, armed, or None when no thread can be had (the job then asks the model itself)."""
+def _ready_call(context: WorkerContext) -> EarlyModelCall | None:
+    """The armed call for `context`, else a new one armed now; None when no thread can be
+    had (the job then asks the model itself)."""
+    call = _take_armed_call(context)
+    if call is not None:
+        return call
+    call = EarlyModelCall(context)
     try:
         call.arm()
     except RuntimeError:
@@ -159,8 +163,7 @@ def start_model_call_early(job_id: str) -> None:
     RQ fetches the job and records it as started (three round trips and their Python: ~1 ms
     less per instant request than a call made by the job function, bench/FINDINGS.md). The
     job function then takes its answer."""
-    context = worker_context()
-    call = _take_armed_call(context) or _armed(EarlyModelCall(context))
+    call = _ready_call(worker_context())
     if call is not None:
         call.fire(job_id)
         _early_model_calls[job_id] = call
