@@ -3,7 +3,8 @@
 Enqueues batch jobs (each asks the model for many sentences in one call), shows progress
 while the workers drain them, tops up when duplicates or failures leave it short, and ends
 with `new / duplicate / failed`. With --fill-to N instead of -n it adds only what the pool
-lacks of N unused sentences (read from the pool file, so it runs where the service does).
+lacks of N unused sentences (read from the pool file, so it runs where the service does),
+counting the batch jobs still queued or running as on their way.
 Exit status: 0 when at least one new sentence was added (or --fill-to found nothing to
 add), 1 when nothing could be generated, 2 on configuration, pool or Redis errors.
 
@@ -31,7 +32,7 @@ from rq.job import Job, JobStatus
 from hitokoto.config import Config
 from hitokoto.embedded_redis import URL_FILE, recorded_url
 from hitokoto.pool import Pool, PoolError
-from hitokoto.queues import batch_queue, connect, enqueue_batch, worker_count
+from hitokoto.queues import batch_queue, connect, enqueue_batch, queued_batch_sentences, worker_count
 from hitokoto.startup import fail, fail_redis_unreachable, load_config_or_exit, redacted_url
 
 POLL_INTERVAL_S = 0.5
@@ -120,7 +121,7 @@ def missing_unused(config: Config, fill_to: int) -> int:
     """How many sentences the pool lacks of `fill_to` unused ones. Reads the pool file itself
     (a count kept in one row: no scan), and refuses a path with no pool rather than create
     one: batch.py run on another machine than the service would otherwise add a full
-    `fill_to` on every run. Jobs still queued (an earlier --no-wait) are not counted."""
+    `fill_to` on every run. Jobs already queued are subtracted later (beyond_queued)."""
     if not config.database.is_file():
         fail(
             f"--fill-to reads the pool, and there is none at {config.database}; run batch.py where "
@@ -137,7 +138,23 @@ def missing_unused(config: Config, fill_to: int) -> int:
     return max(0, fill_to - unused)
 
 
-def run(config: Config, wanted: int, wait: bool, timeout_s: float, unreachable_hint: str = "") -> int:
+def beyond_queued(queue, missing: int) -> int:
+    """What --fill-to still has to ask for once the batch jobs already queued or running (an
+    earlier --no-wait the workers have not caught up with) are counted as on their way."""
+    on_the_way = queued_batch_sentences(queue)
+    if on_the_way:
+        print(f"[batch] jobs already queued or running ask for {on_the_way} sentence(s)", file=sys.stderr)
+    return max(0, missing - on_the_way)
+
+
+def run(
+    config: Config,
+    wanted: int,
+    wait: bool,
+    timeout_s: float,
+    unreachable_hint: str = "",
+    count_queued: bool = False,
+) -> int:
     connection = connect(config.redis_url)
     queue = batch_queue(connection)
     try:
@@ -149,6 +166,9 @@ def run(config: Config, wanted: int, wait: bool, timeout_s: float, unreachable_h
             "[batch] warning: no worker is listening on the batch queue; start `python worker.py`",
             file=sys.stderr,
         )
+    if count_queued and (wanted := beyond_queued(queue, wanted)) == 0:
+        print("nothing to add: the jobs already queued ask for what the pool lacks")
+        return 0
     first_round = enqueue_round(queue, config, wanted)
     print(f"[batch] enqueued {len(first_round)} job(s) for {wanted} sentence(s)", file=sys.stderr)
     if not wait:
@@ -211,7 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     config, unreachable_hint = service_redis(config)
     try:
         return run(
-            config, wanted, wait=not args.no_wait, timeout_s=args.timeout, unreachable_hint=unreachable_hint
+            config,
+            wanted,
+            wait=not args.no_wait,
+            timeout_s=args.timeout,
+            unreachable_hint=unreachable_hint,
+            count_queued=args.fill_to is not None,
         )
     except RedisError:
         fail(f"lost connection to Redis at {redacted_url(config.redis_url)}")

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from redis import Redis
 
 from hitokoto.pool import Pool
 from tests.conftest import PROJECT_DIR, raw_config, service_env
@@ -157,6 +158,30 @@ def test_fill_to_adds_only_what_the_pool_lacks(service_dir, shared_pool, fake_mo
     assert f"nothing to add: the pool already holds {target} or more unused sentences" in again.stdout
     assert fake_model.calls == 2
     assert shared_pool.counts() == (total_before + 25, target)
+
+
+def test_fill_to_counts_the_jobs_already_queued(service_dir, shared_pool, redis_url, tmp_path):
+    """Nights whose workers were down must not each queue the whole shortfall again."""
+    unused = shared_pool.counts()[1]
+    no_worker_redis = redis_url.rsplit("/", 1)[0] + "/5"  # nobody takes jobs here
+    raw = raw_config(service_dir, database=str(service_dir / "pool.db"), redis_url=no_worker_redis)
+
+    def fill_to(target: int):
+        return run_batch_with(service_dir, tmp_path, raw, "--fill-to", str(target), "--no-wait")
+
+    try:
+        first = fill_to(unused + 30)
+        assert "enqueued 2 job(s) for 30 sentence(s)" in first.stderr  # batch_size 20: 20 + 10
+        again = fill_to(unused + 30)
+        assert again.returncode == 0, again.stderr
+        assert "nothing to add: the jobs already queued ask for what the pool lacks" in again.stdout
+        assert "enqueued" not in again.stderr
+        higher = fill_to(unused + 45)
+        assert "jobs already queued or running ask for 30 sentence(s)" in higher.stderr
+        assert "enqueued 1 job(s) for 15 sentence(s)" in higher.stderr
+    finally:
+        Redis.from_url(no_worker_redis).flushdb()
+    assert shared_pool.counts()[1] == unused  # nothing ran: only queued
 
 
 def test_fill_to_without_the_pool_file_says_so_and_creates_nothing(service_dir, tmp_path):
