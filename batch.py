@@ -155,8 +155,7 @@ def run(
     unreachable_hint: str = "",
     count_queued: bool = False,
 ) -> int:
-    connection = connect(config.redis_url)
-    queue = batch_queue(connection)
+    queue = batch_queue(connect(config.redis_url))
     try:
         workers_listening = worker_count(queue)  # batch.py's first word with Redis
     except RedisError:
@@ -173,23 +172,29 @@ def run(
     print(f"[batch] enqueued {len(first_round)} job(s) for {wanted} sentence(s)", file=sys.stderr)
     if not wait:
         return 0
+    tally = wait_and_top_up(queue, config, first_round, wanted, timeout_s)
+    print(f"{tally.line()} (rejected lines {tally.rejected}, model calls {tally.calls})")
+    return 0 if tally.new > 0 else 1
+
+
+def wait_and_top_up(queue, config: Config, first_round: list[str], wanted: int, timeout_s: float) -> Tally:
+    """Drain the first round's jobs, then enqueue more while duplicates or short answers
+    leave the run short, up to TOP_UP_FACTOR times the first round's calls."""
     tally = Tally()
     deadline = time.monotonic() + timeout_s
     max_calls = len(first_round) + math.ceil(len(first_round) * TOP_UP_FACTOR)
     round_ids = first_round
     while True:
         new_before = tally.new
-        if not drain(connection, round_ids, tally, deadline):
+        if not drain(queue.connection, round_ids, tally, deadline):
             print(f"[batch] timed out after {timeout_s:.0f}s; jobs left keep running", file=sys.stderr)
-            break
+            return tally
         missing = wanted - tally.new
         calls_left = max_calls - tally.calls
         if missing <= 0 or calls_left <= 0 or tally.new == new_before:
-            break
+            return tally
         round_ids = enqueue_round(queue, config, min(missing, calls_left * config.batch_size))
         print(f"[batch] {missing} short; enqueued {len(round_ids)} more job(s)", file=sys.stderr)
-    print(f"{tally.line()} (rejected lines {tally.rejected}, model calls {tally.calls})")
-    return 0 if tally.new > 0 else 1
 
 
 def main(argv: list[str] | None = None) -> int:
