@@ -4,7 +4,8 @@ Enqueues batch jobs (each asks the model for many sentences in one call), shows 
 while the workers drain them, tops up when duplicates or failures leave it short, and ends
 with `new / duplicate / failed`. With --fill-to N instead of -n it adds only what the pool
 lacks of N unused sentences (read from the pool file, so it runs where the service does),
-counting the batch jobs still queued or running as on their way.
+counting the batch jobs still queued or running as on their way. --status only shows the
+pool's counts, the batch jobs waiting, running and failed, and the workers listening.
 Exit status: 0 when at least one new sentence was added (or --fill-to found nothing to
 add), 1 when nothing could be generated, 2 on configuration, pool or Redis errors.
 
@@ -16,6 +17,7 @@ Examples:
   python batch.py -n 200          # add 200 new sentences and wait for them
   python batch.py -n 1000 --no-wait   # only enqueue (e.g. from cron); workers do the rest
   python batch.py --fill-to 500   # top the pool up to 500 unused sentences (e.g. nightly)
+  python batch.py --status        # pool counts, queued batch jobs, workers listening
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from rq.job import Job, JobStatus
 from hitokoto.config import Config
 from hitokoto.embedded_redis import URL_FILE, recorded_url
 from hitokoto.pool import Pool, PoolError
-from hitokoto.queues import batch_queue, connect, enqueue_batch, queued_batch_sentences, worker_count
+from hitokoto.queues import (
+    FAILURE_TTL_S,
+    batch_queue,
+    connect,
+    enqueue_batch,
+    instant_queue,
+    queued_batch_sizes,
+    worker_count,
+)
 from hitokoto.startup import fail, fail_redis_unreachable, load_config_or_exit, redacted_url
 
 POLL_INTERVAL_S = 0.5
@@ -117,31 +127,62 @@ def service_redis(config: Config) -> tuple[Config, str]:
     return dataclasses.replace(config, redis_url=url), hint
 
 
-def missing_unused(config: Config, fill_to: int) -> int:
-    """How many sentences the pool lacks of `fill_to` unused ones. Reads the pool file itself
-    (a count kept in one row: no scan), and refuses a path with no pool rather than create
-    one: batch.py run on another machine than the service would otherwise add a full
-    `fill_to` on every run. Jobs already queued are subtracted later (beyond_queued)."""
+def read_pool_counts(config: Config, no_pool_message: str) -> tuple[int, int]:
+    """(sentences, unused) read from the pool file itself (counts kept in one row: no scan).
+    A path with no pool is refused rather than created: batch.py run on another machine
+    than the service would otherwise find an empty pool there every time."""
     if not config.database.is_file():
-        fail(
-            f"--fill-to reads the pool, and there is none at {config.database}; run batch.py where "
-            "the service runs (its worker creates the pool), or use -n"
-        )
+        fail(no_pool_message)
     pool = Pool(config.database)
     try:
-        unused = pool.counts()[1]
+        return pool.counts()
     except PoolError as exc:
         fail(str(exc))
     finally:
         pool.close()
+
+
+def missing_unused(config: Config, fill_to: int) -> int:
+    """How many sentences the pool lacks of `fill_to` unused ones. Jobs already queued are
+    subtracted later (beyond_queued)."""
+    unused = read_pool_counts(
+        config,
+        f"--fill-to reads the pool, and there is none at {config.database}; run batch.py where "
+        "the service runs (its worker creates the pool), or use -n",
+    )[1]
     print(f"[batch] the pool holds {unused} unused sentence(s); --fill-to {fill_to}", file=sys.stderr)
     return max(0, fill_to - unused)
+
+
+def show_status(config: Config) -> int:
+    """--status: how full the pool is, what the batch queue holds, and who listens."""
+    total, unused = read_pool_counts(
+        config,
+        f"there is no pool at {config.database}: the service's worker creates it when it first "
+        "starts (is this where the service runs?)",
+    )
+    print(f"pool {config.database}: {total} sentence(s), {unused} unused")
+    config, unreachable_hint = service_redis(config)
+    connection = connect(config.redis_url)
+    try:
+        queue = batch_queue(connection)
+        sizes = queued_batch_sizes(queue)
+        failed = queue.failed_job_registry.count
+        listening = {
+            name: worker_count(q) for name, q in (("instant", instant_queue(connection)), ("batch", queue))
+        }
+    except RedisError:
+        fail_redis_unreachable(config.redis_url, hint=unreachable_hint)
+    print(f"batch jobs waiting or running: {len(sizes)}, asking for {sum(sizes)} sentence(s)")
+    print(f"batch jobs failed in the last {FAILURE_TTL_S // 86400} days: {failed}")
+    print(f"workers listening: instant {listening['instant']}, batch {listening['batch']}")
+    return 0
 
 
 def beyond_queued(queue, missing: int) -> int:
     """What --fill-to still has to ask for once the batch jobs already queued or running (an
     earlier --no-wait the workers have not caught up with) are counted as on their way."""
-    on_the_way = queued_batch_sentences(queue)
+    on_the_way = sum(queued_batch_sizes(queue))
     if on_the_way:
         print(f"[batch] jobs already queued or running ask for {on_the_way} sentence(s)", file=sys.stderr)
     return max(0, missing - on_the_way)
@@ -204,16 +245,21 @@ def main(argv: list[str] | None = None) -> int:
         epilog=__doc__.split("Examples:")[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    how_many = parser.add_mutually_exclusive_group()
-    how_many.add_argument(
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument(
         "-n",
         "--num",
         type=int,
         default=config.sentence_num,
         help=f"new sentences to add (default sentence_num = {config.sentence_num})",
     )
-    how_many.add_argument(
+    mode.add_argument(
         "--fill-to", type=int, metavar="N", help="add only what the pool lacks of N unused sentences"
+    )
+    mode.add_argument(
+        "--status",
+        action="store_true",
+        help="show the pool's counts, queued batch jobs and workers; add nothing",
     )
     parser.add_argument("--no-wait", action="store_true", help="only enqueue, do not wait")
     parser.add_argument(
@@ -224,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         fail("-n must be at least 1")
     if args.fill_to is not None and args.fill_to < 1:
         fail("--fill-to must be at least 1")
+    if args.status:
+        return show_status(config)
     if not config.model_configured:
         fail(
             "no model configured: set OPENAI_API_KEY in .env (read by ./run.sh and batch.py alike) "

@@ -98,11 +98,11 @@ def enqueue_batch(queue: Queue, config: Config, count: int) -> Job:
     return enqueue_job(queue, config, BATCH_JOB, count)
 
 
-def queued_batch_sentences(queue: Queue) -> int:
-    """Sentences asked for by batch jobs still waiting on `queue` or running now."""
+def queued_batch_sizes(queue: Queue) -> list[int]:
+    """Sentences asked for by each batch job still waiting on `queue` or running now."""
     job_ids = queue.get_job_ids() + queue.started_job_registry.get_job_ids()
     jobs = Job.fetch_many(job_ids, connection=queue.connection)
-    return sum(job.args[0] for job in jobs if job is not None and job.func_name == BATCH_JOB and job.args)
+    return [job.args[0] for job in jobs if job is not None and job.func_name == BATCH_JOB and job.args]
 
 
 def publish_outcome(outcome: dict) -> None:

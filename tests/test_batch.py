@@ -6,8 +6,10 @@ import sys
 
 import pytest
 from redis import Redis
+from rq import SimpleWorker
 
 from hitokoto.pool import Pool
+from hitokoto.queues import batch_queue
 from tests.conftest import PROJECT_DIR, raw_config, service_env
 from tests.fake_model import Script
 from tests.helpers import free_port, wait_until
@@ -182,6 +184,36 @@ def test_fill_to_counts_the_jobs_already_queued(service_dir, shared_pool, redis_
     finally:
         Redis.from_url(no_worker_redis).flushdb()
     assert shared_pool.counts()[1] == unused  # nothing ran: only queued
+
+
+def test_status_shows_the_pool_the_batch_queue_and_the_workers(service_dir, shared_pool, redis_url, tmp_path):
+    total, unused = shared_pool.counts()
+    pool_line = f"pool {service_dir / 'pool.db'}: {total} sentence(s), {unused} unused"
+    served = run_batch(service_dir, "--status")
+    assert served.returncode == 0, served.stderr
+    assert served.stdout.splitlines()[0] == pool_line
+    assert (
+        served.stdout.splitlines()[-1] == "workers listening: instant 2, batch 1"
+    )  # the session's worker.py
+
+    no_worker_redis = redis_url.rsplit("/", 1)[0] + "/6"
+    raw = raw_config(service_dir, database=str(service_dir / "pool.db"), redis_url=no_worker_redis)
+    connection = Redis.from_url(no_worker_redis)
+    try:
+        queue = batch_queue(connection)
+        queue.enqueue("tests.no_such_module.generate")  # fails in the worker: cannot be imported
+        SimpleWorker([queue], connection=connection).work(burst=True)
+        run_batch_with(service_dir, tmp_path, raw, "--fill-to", str(unused + 30), "--no-wait")
+        status = run_batch_with(service_dir, tmp_path, raw, "--status")
+    finally:
+        connection.flushdb()
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.splitlines() == [
+        pool_line,
+        "batch jobs waiting or running: 2, asking for 30 sentence(s)",
+        "batch jobs failed in the last 7 days: 1",
+        "workers listening: instant 0, batch 0",
+    ]
 
 
 def test_fill_to_without_the_pool_file_says_so_and_creates_nothing(service_dir, tmp_path):
