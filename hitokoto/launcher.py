@@ -148,6 +148,7 @@ def main() -> None:
         "  try:",
         *(f"    {line}" for line in curl_examples(url, token_location)),
         "  fill the pool: .venv/bin/python batch.py -n 200",
+        "  pool status:   .venv/bin/python batch.py --status",
         "  stop: Ctrl-C",
     ]
     print("\n".join(summary), flush=True)

@@ -124,9 +124,23 @@ def test_with_redis_url_nothing_embedded_starts(project_copy, tmp_path, redis_ur
         stop_run_command(process, project_copy)
 
 
+def run_printed_command(log_path, label: str, project_copy) -> subprocess.CompletedProcess:
+    """Run the command ./run.sh's summary printed after `label`, as a user in another shell."""
+    printed = next(line for line in log_path.read_text().splitlines() if label in line)
+    return subprocess.run(
+        ["bash", "-c", printed.split(label, 1)[1].strip()],
+        cwd=project_copy,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_the_printed_batch_command_fills_the_pool_that_the_service_serves(project_copy, tmp_path, fake_model):
-    """The summary's "fill the pool" line, run as printed in another shell: batch.py finds
-    the private Redis by itself, the service's worker drains the jobs, the pool serves."""
+    """The summary's "fill the pool" and "pool status" lines, run as printed in another
+    shell: batch.py finds the private Redis by itself, the service's worker drains the jobs,
+    the status counts them and the workers, the pool serves."""
     (project_copy / ".env").write_text(f"OPENAI_BASE_URL={fake_model.base_url}\nOPENAI_API_KEY=test-key\n")
     port = free_port()
     env = clean_env(PORT=str(port), EMBEDDED_REDIS_PORT=str(free_port()))
@@ -135,18 +149,13 @@ def test_the_printed_batch_command_fills_the_pool_that_the_service_serves(projec
     url = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: _answers(url), timeout_s=120, message="the web server")
-        printed = next(line for line in log_path.read_text().splitlines() if "fill the pool:" in line)
-        command = printed.split("fill the pool:", 1)[1].strip()
-        filled = subprocess.run(
-            ["bash", "-c", command],
-            cwd=project_copy,
-            env=clean_env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        filled = run_printed_command(log_path, "fill the pool:", project_copy)
         assert filled.returncode == 0, filled.stderr
         assert "new 200 / duplicate 0 / failed 0" in filled.stdout
+        shown = run_printed_command(log_path, "pool status:", project_copy)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.splitlines()[0].endswith(": 200 sentence(s), 200 unused")
+        assert shown.stdout.splitlines()[-1] == "workers listening: instant 2, batch 1"
         status, body, _headers = http_post(
             url + "/hitokoto-cached", {"gptauth": token_from_env_file(project_copy)}
         )
