@@ -168,14 +168,13 @@ def show_status(config: Config) -> int:
         queue = batch_queue(connection)
         sizes = queued_batch_sizes(queue)
         failed = queue.failed_job_registry.count
-        listening = {
-            name: worker_count(q) for name, q in (("instant", instant_queue(connection)), ("batch", queue))
-        }
+        instant_workers = worker_count(instant_queue(connection))
+        batch_workers = worker_count(queue)
     except RedisError:
         fail_redis_unreachable(config.redis_url, hint=unreachable_hint)
     print(f"batch jobs waiting or running: {len(sizes)}, asking for {sum(sizes)} sentence(s)")
     print(f"batch jobs failed in the last {FAILURE_TTL_S // 86400} days: {failed}")
-    print(f"workers listening: instant {listening['instant']}, batch {listening['batch']}")
+    print(f"workers listening: instant {instant_workers}, batch {batch_workers}")
     return 0
 
 
