@@ -38,6 +38,12 @@ def assert_stays(condition, for_s: float = 0.2, interval_s: float = 0.01, messag
     assert condition(), f"{message} stopped holding"
 
 
+def no_worker_redis_url(redis_url: str, db: int) -> str:
+    """Database `db` of the session's test Redis, where no worker listens (each test that
+    needs one takes its own number: 3 to 6 are in use)."""
+    return f"{redis_url.rsplit('/', 1)[0]}/{db}"
+
+
 def redis_answers(url: str) -> bool:
     """True when a Redis server answers PING at url."""
     try:

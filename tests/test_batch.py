@@ -12,7 +12,7 @@ from hitokoto.pool import Pool
 from hitokoto.queues import batch_queue
 from tests.conftest import PROJECT_DIR, raw_config, service_env
 from tests.fake_model import Script
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, no_worker_redis_url, wait_until
 
 
 @pytest.fixture
@@ -165,7 +165,7 @@ def test_fill_to_adds_only_what_the_pool_lacks(service_dir, shared_pool, fake_mo
 def test_fill_to_counts_the_jobs_already_queued(service_dir, shared_pool, redis_url, tmp_path):
     """Nights whose workers were down must not each queue the whole shortfall again."""
     unused = shared_pool.counts()[1]
-    no_worker_redis = redis_url.rsplit("/", 1)[0] + "/5"  # nobody takes jobs here
+    no_worker_redis = no_worker_redis_url(redis_url, 5)  # the jobs stay queued
     raw = raw_config(service_dir, database=str(service_dir / "pool.db"), redis_url=no_worker_redis)
 
     def fill_to(target: int):
@@ -191,12 +191,11 @@ def test_status_shows_the_pool_the_batch_queue_and_the_workers(service_dir, shar
     pool_line = f"pool {service_dir / 'pool.db'}: {total} sentence(s), {unused} unused"
     served = run_batch(service_dir, "--status")
     assert served.returncode == 0, served.stderr
-    assert served.stdout.splitlines()[0] == pool_line
-    assert (
-        served.stdout.splitlines()[-1] == "workers listening: instant 2, batch 1"
-    )  # the session's worker.py
+    served_lines = served.stdout.splitlines()
+    assert served_lines[0] == pool_line
+    assert served_lines[-1] == "workers listening: instant 2, batch 1"  # the session's worker.py
 
-    no_worker_redis = redis_url.rsplit("/", 1)[0] + "/6"
+    no_worker_redis = no_worker_redis_url(redis_url, 6)
     raw = raw_config(service_dir, database=str(service_dir / "pool.db"), redis_url=no_worker_redis)
     connection = Redis.from_url(no_worker_redis)
     try:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import ACCESS_TOKEN, client_for, fill
+from tests.helpers import ACCESS_TOKEN, client_for, fill, no_worker_redis_url
 
 EXPECTED_STATUSES = {200, 400, 401, 404, 405, 413, 415, 429, 503}
 json_values = st.recursive(
@@ -53,8 +53,7 @@ def fuzz_app(service_dir, redis_url, tmp_path_factory):
     raw = raw_config(
         service_dir,
         database=str(tmp_path_factory.mktemp("fuzz") / "pool.db"),
-        redis_url=redis_url.rsplit("/", 1)[0]
-        + "/4",  # no worker listens there: /hitokoto answers 503 at once
+        redis_url=no_worker_redis_url(redis_url, 4),  # /hitokoto answers 503 at once
         rate="100000/min",
         rate_cached="100000/min",
     )

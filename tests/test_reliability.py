@@ -37,7 +37,7 @@ from tests.conftest import (
     stop_process,
 )
 from tests.fake_model import Script
-from tests.helpers import ACCESS_TOKEN, client_for, fill, free_port, post, wait_until
+from tests.helpers import ACCESS_TOKEN, client_for, fill, free_port, no_worker_redis_url, post, wait_until
 
 # -- model faults, through the real SDK ------------------------------------------------
 
@@ -101,8 +101,7 @@ def test_redis_down_cached_still_serves_and_still_limits(app_without_redis):
 
 
 def test_no_worker_answers_503_at_once(make_app, redis_url):
-    # Database 3 of the test Redis has no workers listening.
-    no_worker_url = redis_url.rsplit("/", 1)[0] + "/3"
+    no_worker_url = no_worker_redis_url(redis_url, 3)
     app = make_app(redis_url=no_worker_url)
     response = post(client_for(app), "/hitokoto")
     assert response.status_code == 503
