@@ -6,9 +6,12 @@ Also, to show what each step costs: bare + one Redis round trip and bare + one p
 per request (the two steps if every request paid its own; the endpoint shares them between
 concurrent requests: hitokoto/combine.py), and the endpoint itself with its rate limit,
 its claim, or both replaced by free stand-ins (bench/free_steps_app.py); one more keeps only
-the GIL releases of the claim, without SQLite. For each endpoint it also prints what a
-request cost the web workers (CPU, the part of it in the kernel, and how often one of their
-threads blocked: on I/O, a lock or the GIL) and Redis (CPU). bench/instructions.py counts
+the GIL releases of the claim, without SQLite. A last row prices a design that is not built
+(bench/FINDINGS.md, last section): each web process leasing its client's quota from Redis
+and reserving unused sentences from the pool 64 at a time, handing both out from memory.
+For each endpoint it also prints what a request cost the web workers (CPU, the part of it
+in the kernel, and how often one of their threads blocked: on I/O, a lock or the GIL) and
+Redis (CPU). bench/instructions.py counts
 the instructions behind the web CPU, which a busy machine does not change.
 Needs wrk (apt-get install wrk).
 
@@ -40,6 +43,9 @@ FREE_STEP_ROWS = {
     "ours, limit free": "'limit'",
     "ours, limit free, claim = GIL only": "'limit', 'sqlite'",
 }
+
+# The endpoint with both steps bought ahead per process (bench/free_steps_app.py, not the product).
+LEASED_ROW = "ours, quota leased + claims reserved"
 
 
 def free_steps_app(free_steps: str) -> str:
@@ -114,7 +120,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--pool", type=int, default=2_000_000, help="sentences (half unused)")
+    parser.add_argument("--pool", type=int, default=3_000_000, help="sentences (half unused)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("bench: needs wrk (apt-get install wrk)")
@@ -129,6 +135,8 @@ def main() -> None:
         for label, free_steps in FREE_STEP_ROWS.items():
             url, master = stack.gunicorn(free_steps_app(free_steps))
             endpoints[label] = (url + "/hitokoto-cached", master)
+        url, master = stack.gunicorn("bench.free_steps_app:with_leases()")
+        endpoints[LEASED_ROW] = (url + "/hitokoto-cached", master)
         url, master = stack.gunicorn("wsgi:app")
         endpoints["ours"] = (url + "/hitokoto-cached", master)
         for url, _ in endpoints.values():
@@ -151,7 +159,8 @@ def main() -> None:
         print("(bare + 1 …/request: one Redis round trip or one pool claim paid by every request; the")
         print(" endpoint shares both between the requests of a process that arrive together. ours, …")
         print(" free: the endpoint with those steps replaced by stand-ins that cost nothing; claim = GIL")
-        print(" only: a stand-in that releases the GIL as often as the claim does and does nothing else)")
+        print(" only: a stand-in that releases the GIL as often as the claim does and does nothing else;")
+        print(" quota leased + claims reserved: a sketch of a design not built, bench/FINDINGS.md)")
 
 
 if __name__ == "__main__":
