@@ -46,6 +46,7 @@ FREE_STEP_ROWS = {
 
 # The endpoint with both steps bought ahead per process (bench/free_steps_app.py, not the product).
 LEASED_ROW = "ours, quota leased + claims reserved"
+LEASED_APP = "bench.free_steps_app:with_leases()"
 
 
 def free_steps_app(free_steps: str) -> str:
@@ -135,7 +136,7 @@ def main() -> None:
         for label, free_steps in FREE_STEP_ROWS.items():
             url, master = stack.gunicorn(free_steps_app(free_steps))
             endpoints[label] = (url + "/hitokoto-cached", master)
-        url, master = stack.gunicorn("bench.free_steps_app:with_leases()")
+        url, master = stack.gunicorn(LEASED_APP)
         endpoints[LEASED_ROW] = (url + "/hitokoto-cached", master)
         url, master = stack.gunicorn("wsgi:app")
         endpoints["ours"] = (url + "/hitokoto-cached", master)
