@@ -17,7 +17,9 @@ with real Redis and SQLite work, to price what bench/FINDINGS.md's last section 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
+import os
 import threading
 import time
 
@@ -76,22 +78,30 @@ class LeasedQuota:
     client's hits are bought from the real Redis moving window AHEAD at a time (one script
     call, the library's `cost`) and spent from this process's memory; unspent hits are never
     returned, and a refusal is not built (the bench's limit is never reached). Only the
-    leading request of a batch calls it (hitokoto.combine), so no lock."""
+    leading request of a batch calls it (hitokoto.combine), so no lock.
 
-    def __init__(self, redis_url: str, rate: str):
+    With bookkeeping, what a correct version would add on the request path: a lock, and a
+    lease that may be spent only for LEASE_S seconds."""
+
+    def __init__(self, redis_url: str, rate: str, bookkeeping: bool = False):
         self._limiter = MovingWindowRateLimiter(RedisStorage(redis_url))
         self._item = parse(rate)
-        self._leased: dict[str, int] = collections.defaultdict(int)
+        self._bookkeeping = bookkeeping
+        self._leases: dict[str, list] = {}  # client: [hits left, spendable until (monotonic)]
+        self._lock = threading.Lock()
 
     def hit_many(self, name: str, clients: list[str]) -> list[tuple[bool, None]]:
-        verdicts = []
-        for client in clients:
-            if self._leased[client] == 0 and self._limiter.hit(self._item, name, client, cost=AHEAD):
-                self._leased[client] = AHEAD
-            allowed = self._leased[client] > 0
-            self._leased[client] -= allowed
-            verdicts.append((allowed, None))
-        return verdicts
+        with self._lock if self._bookkeeping else contextlib.nullcontext():
+            return [(self._hit(name, client), None) for client in clients]
+
+    def _hit(self, name: str, client: str) -> bool:
+        lease = self._leases.get(client)
+        if lease is None or lease[0] == 0 or (self._bookkeeping and time.monotonic() >= lease[1]):
+            if not self._limiter.hit(self._item, name, client, cost=AHEAD):
+                return False
+            lease = self._leases[client] = [AHEAD, time.monotonic() + LEASE_S]
+        lease[0] -= 1
+        return True
 
 
 class ReservedClaims:
@@ -99,11 +109,18 @@ class ReservedClaims:
     takes AHEAD sentences at once (one statement) and this process hands them out from
     memory; a thread of its own claims the next AHEAD once fewer than half are left, so a
     request waits for a claim only when that thread falls behind. A crash would lose what a
-    process holds, and a sentence's hand-out time is when it was reserved."""
+    process holds, and a sentence's hand-out time is when it was reserved.
 
-    def __init__(self, pool: Pool):
+    With bookkeeping, the writes a correct version would add: each reservation's rows in a
+    table of outstanding reservations (inserted after the claim, deleted once handed out),
+    and a sentence held past LEASE_S given back to the pool with a fresh clock."""
+
+    def __init__(self, pool: Pool, bookkeeping: bool = False):
         self._pool = pool
-        self._reserved: collections.deque[Sentence] = collections.deque()  # thread-safe ends
+        self._bookkeeping = bookkeeping
+        # (sentence, hand out before (monotonic)); a deque's two ends are thread-safe
+        self._reserved: collections.deque[tuple[Sentence, float]] = collections.deque()
+        self._expired: collections.deque[Sentence] = collections.deque()
         self._refill_wanted = threading.Event()
         self._refill_thread: threading.Thread | None = None  # started after gunicorn forks
 
@@ -111,15 +128,27 @@ class ReservedClaims:
         return self._pool.is_empty()
 
     def claim_unused_many(self, count: int) -> list[Sentence]:
-        if len(self._reserved) < count:  # the refill thread fell behind: claim here
-            self._reserved.extend(self._pool.claim_unused_many(max(AHEAD, count - len(self._reserved))))
-        taken = [self._reserved.popleft() for _ in range(min(count, len(self._reserved)))]
+        taken = []
+        while len(taken) < count:
+            if not self._reserved:  # the refill thread fell behind: claim here
+                self._reserved.extend(self._stamped(self._pool.claim_unused_many(max(AHEAD, count))))
+                if not self._reserved:
+                    break
+            sentence, until = self._reserved.popleft()
+            if self._bookkeeping and time.monotonic() >= until:
+                self._expired.append(sentence)
+            else:
+                taken.append(sentence)
         if len(self._reserved) < AHEAD // 2:
             self._wake_refill()
         return taken
 
     def pick_any(self) -> Sentence | None:
         return self._pool.pick_any()
+
+    def _stamped(self, sentences: list[Sentence]) -> list[tuple[Sentence, float]]:
+        until = time.monotonic() + LEASE_S
+        return [(sentence, until) for sentence in sentences]
 
     def _wake_refill(self) -> None:
         if self._refill_thread is None:
@@ -129,22 +158,62 @@ class ReservedClaims:
 
     def _refill_forever(self) -> None:
         own_pool = Pool(self._pool.path)  # a connection of this thread's own
+        outstanding: collections.deque[list[int]] = collections.deque()  # ids per reservation
+        if self._bookkeeping:
+            own_pool.connect().execute(_RESERVATIONS_SQL)
         while True:
             self._refill_wanted.wait()
             self._refill_wanted.clear()
             if len(self._reserved) < AHEAD // 2:
-                self._reserved.extend(own_pool.claim_unused_many(AHEAD))
+                sentences = own_pool.claim_unused_many(AHEAD)
+                if self._bookkeeping:
+                    self._book(own_pool.connect(), sentences, outstanding)
+                self._reserved.extend(self._stamped(sentences))
+
+    def _book(self, conn, sentences: list[Sentence], outstanding: collections.deque[list[int]]) -> None:
+        """Record the new reservation, forget the one two refills back (handed out by now),
+        and give back what expired unread."""
+        owner, until = os.getpid(), time.time() + LEASE_S
+        ids = [sentence.id for sentence in sentences]
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT OR REPLACE INTO reservations VALUES (?, ?, ?)", [(i, owner, until) for i in ids]
+            )
+            if len(outstanding) >= 2:
+                done = outstanding.popleft()
+                conn.execute(
+                    f"DELETE FROM reservations WHERE sentence_id IN ({','.join('?' * len(done))})", done
+                )
+            expired = [self._expired.popleft().id for _ in range(len(self._expired))]
+            for sentence_id in expired:
+                conn.execute(_RECLOCK_SQL, (sentence_id,))
+            if expired:
+                conn.execute("UPDATE pool_state SET unused_count = unused_count + ?", (len(expired),))
+        outstanding.append(ids)
 
 
-def with_leases():
+# How long a process may hand out what it leased or reserved (the sketch with bookkeeping).
+LEASE_S = 1.0
+_RESERVATIONS_SQL = """
+    CREATE TABLE IF NOT EXISTS reservations (
+        sentence_id INTEGER PRIMARY KEY, owner INTEGER NOT NULL, until REAL NOT NULL
+    )
+"""
+_RECLOCK_SQL = (
+    "UPDATE sentence_rows SET clock = (SELECT clock_floor FROM pool_state) + exponential_clock() WHERE id = ?"
+)
+
+
+def with_leases(bookkeeping: bool = False):
     """The real app, its cached hand-out with the limit leased and the claims reserved AHEAD
     at a time (LeasedQuota, ReservedClaims): what the design bench/FINDINGS.md describes as
-    not built would reach."""
+    not built would reach. With bookkeeping, a little nearer what a correct version costs."""
     app = create_app()
     services = app.extensions["hitokoto"]
     config = services.config
-    limits = LeasedQuota(config.redis_url, config.rate_cached)
-    pool = ReservedClaims(Pool(config.database, one_connection=True))
+    limits = LeasedQuota(config.redis_url, config.rate_cached, bookkeeping)
+    pool = ReservedClaims(Pool(config.database, one_connection=True), bookkeeping)
     app.extensions["hitokoto"] = dataclasses.replace(services, handout=Handout(pool, limits, "cached"))
     return app
 

@@ -8,7 +8,8 @@ concurrent requests: hitokoto/combine.py), and the endpoint itself with its rate
 its claim, or both replaced by free stand-ins (bench/free_steps_app.py); one more keeps only
 the GIL releases of the claim, without SQLite. A last row prices a design that is not built
 (bench/FINDINGS.md, last section): each web process leasing its client's quota from Redis
-and reserving unused sentences from the pool 64 at a time, handing both out from memory.
+and reserving unused sentences from the pool 64 at a time, handing both out from memory;
+and once more with the writes and checks a correct version would add ("booked").
 For each endpoint it also prints what a request cost the web workers (CPU, the part of it
 in the kernel, and how often one of their threads blocked: on I/O, a lock or the GIL) and
 Redis (CPU). bench/instructions.py counts
@@ -47,6 +48,9 @@ FREE_STEP_ROWS = {
 # The endpoint with both steps bought ahead per process (bench/free_steps_app.py, not the product).
 LEASED_ROW = "ours, quota leased + claims reserved"
 LEASED_APP = "bench.free_steps_app:with_leases()"
+# The same with the writes and checks a correct version would add (expiry, reservation rows, returns).
+BOOKED_ROW = "ours, leased + reserved, booked"
+BOOKED_APP = "bench.free_steps_app:with_leases(bookkeeping=True)"
 
 
 def free_steps_app(free_steps: str) -> str:
@@ -121,7 +125,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--pool", type=int, default=3_000_000, help="sentences (half unused)")
+    parser.add_argument("--pool", type=int, default=4_000_000, help="sentences (half unused)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         raise SystemExit("bench: needs wrk (apt-get install wrk)")
@@ -136,8 +140,9 @@ def main() -> None:
         for label, free_steps in FREE_STEP_ROWS.items():
             url, master = stack.gunicorn(free_steps_app(free_steps))
             endpoints[label] = (url + "/hitokoto-cached", master)
-        url, master = stack.gunicorn(LEASED_APP)
-        endpoints[LEASED_ROW] = (url + "/hitokoto-cached", master)
+        for label, app in ((LEASED_ROW, LEASED_APP), (BOOKED_ROW, BOOKED_APP)):
+            url, master = stack.gunicorn(app)
+            endpoints[label] = (url + "/hitokoto-cached", master)
         url, master = stack.gunicorn("wsgi:app")
         endpoints["ours"] = (url + "/hitokoto-cached", master)
         for url, _ in endpoints.values():
