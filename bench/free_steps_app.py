@@ -70,6 +70,8 @@ class GilReleasesOnly(OneSentence):
 
 # How many hits a process leases from Redis, and sentences it reserves from the pool, at a time.
 AHEAD = 64
+# How long a process may hand out what it leased or reserved (the sketch with bookkeeping).
+LEASE_S = 1.0
 
 
 class LeasedQuota:
@@ -113,7 +115,9 @@ class ReservedClaims:
 
     With bookkeeping, the writes a correct version would add: each reservation's rows in a
     table of outstanding reservations (inserted after the claim, deleted once handed out),
-    and a sentence held past LEASE_S given back to the pool with a fresh clock."""
+    and a sentence held past LEASE_S given back to the pool with a fresh clock. Only the
+    refill thread's reservations are booked: the rare claim made on the request path when
+    that thread falls behind is not."""
 
     def __init__(self, pool: Pool, bookkeeping: bool = False):
         self._pool = pool
@@ -193,8 +197,6 @@ class ReservedClaims:
         outstanding.append(ids)
 
 
-# How long a process may hand out what it leased or reserved (the sketch with bookkeeping).
-LEASE_S = 1.0
 _RESERVATIONS_SQL = """
     CREATE TABLE IF NOT EXISTS reservations (
         sentence_id INTEGER PRIMARY KEY, owner INTEGER NOT NULL, until REAL NOT NULL

@@ -12,8 +12,8 @@ and reserving unused sentences from the pool 64 at a time, handing both out from
 and once more with the writes and checks a correct version would add ("booked").
 For each endpoint it also prints what a request cost the web workers (CPU, the part of it
 in the kernel, and how often one of their threads blocked: on I/O, a lock or the GIL) and
-Redis (CPU). bench/instructions.py counts
-the instructions behind the web CPU, which a busy machine does not change.
+Redis (CPU). bench/instructions.py counts the instructions behind the web CPU, which a busy
+machine does not change.
 Needs wrk (apt-get install wrk).
 
     python bench/http_throughput.py [--seconds 10] [--rounds 3] [--connections 32]
@@ -166,7 +166,8 @@ def main() -> None:
         print(" endpoint shares both between the requests of a process that arrive together. ours, …")
         print(" free: the endpoint with those steps replaced by stand-ins that cost nothing; claim = GIL")
         print(" only: a stand-in that releases the GIL as often as the claim does and does nothing else;")
-        print(" quota leased + claims reserved: a sketch of a design not built, bench/FINDINGS.md)")
+        print(" quota leased + claims reserved: a sketch of a design not built, bench/FINDINGS.md;")
+        print(" booked: the same with the writes and checks a correct version would add)")
 
 
 if __name__ == "__main__":
