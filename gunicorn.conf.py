@@ -43,3 +43,11 @@ def post_fork(server, worker):
         ctypes.CDLL(None).mallopt(M_ARENA_MAX, WEB_MALLOC_ARENAS)
     except (OSError, AttributeError):
         pass  # not glibc: that allocator's own policy applies
+
+
+def worker_exit(server, worker):
+    """Give the sentences this worker reserved ahead back to the pool (hitokoto.reserve), so a
+    restart or a scale-down takes nothing out of the no-repeat pool."""
+    services = getattr(worker.wsgi, "extensions", {}).get("hitokoto")
+    if services is not None:
+        services.handout.give_back()

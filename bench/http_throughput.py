@@ -6,10 +6,11 @@ Also, to show what each step costs: bare + one Redis round trip and bare + one p
 per request (the two steps if every request paid its own; the endpoint shares them between
 concurrent requests: hitokoto/combine.py), and the endpoint itself with its rate limit,
 its claim, or both replaced by free stand-ins (bench/free_steps_app.py); one more keeps only
-the GIL releases of the claim, without SQLite. A last row prices a design that is not built
-(bench/FINDINGS.md, last section): each web process leasing its client's quota from Redis
-and reserving unused sentences from the pool 64 at a time, handing both out from memory;
-and once more with the writes and checks a correct version would add ("booked").
+the GIL releases of the claim, without SQLite. The endpoint reserves its claims ahead per
+web process (hitokoto.reserve); a last row prices the half of that design that is not built
+(bench/FINDINGS.md, last section): each web process also leasing its client's quota from
+Redis 64 hits at a time and spending it from memory; and once more with the lock and lease
+expiry a correct version would add ("booked").
 For each endpoint it also prints what a request cost the web workers (CPU, the part of it
 in the kernel, and how often one of their threads blocked: on I/O, a lock or the GIL) and
 Redis (CPU). bench/instructions.py counts the instructions behind the web CPU, which a busy
@@ -45,11 +46,12 @@ FREE_STEP_ROWS = {
     "ours, limit free, claim = GIL only": "'limit', 'sqlite'",
 }
 
-# The endpoint with both steps bought ahead per process (bench/free_steps_app.py, not the product).
-LEASED_ROW = "ours, quota leased + claims reserved"
+# The endpoint with the quota also bought ahead per process (bench/free_steps_app.py, not the
+# product); its claims are the product's, reserved ahead.
+LEASED_ROW = "ours + quota leased"
 LEASED_APP = "bench.free_steps_app:with_leases()"
-# The same with the writes and checks a correct version would add (expiry, reservation rows, returns).
-BOOKED_ROW = "ours, leased + reserved, booked"
+# The same with the lock and the lease expiry a correct version would add.
+BOOKED_ROW = "ours + quota leased, booked"
 BOOKED_APP = "bench.free_steps_app:with_leases(bookkeeping=True)"
 
 
@@ -166,8 +168,8 @@ def main() -> None:
         print(" endpoint shares both between the requests of a process that arrive together. ours, …")
         print(" free: the endpoint with those steps replaced by stand-ins that cost nothing; claim = GIL")
         print(" only: a stand-in that releases the GIL as often as the claim does and does nothing else;")
-        print(" quota leased + claims reserved: a sketch of a design not built, bench/FINDINGS.md;")
-        print(" booked: the same with the writes and checks a correct version would add)")
+        print(" + quota leased: the endpoint with a sketch of quota leases, not built, bench/FINDINGS.md;")
+        print(" booked: the same with the lock and lease expiry a correct version would add)")
 
 
 if __name__ == "__main__":

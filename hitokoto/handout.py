@@ -1,6 +1,7 @@
 """How the web hands out pool sentences: the concurrent requests of one process share one
 Redis pipeline for their rate limit and one pool statement for their sentences
-(hitokoto.combine), on the process's one pool connection.
+(hitokoto.combine), on the process's one pool connection, and while the pool is large most
+of those sentences were reserved ahead by an earlier statement (hitokoto.reserve).
 
 Under load, N requests cost one round trip and one claim statement for N sentences instead of N
 of each, N write transactions and N turns at the write lock, and each request waits for
@@ -18,6 +19,7 @@ from limits.strategies import MovingWindowRateLimiter
 from hitokoto.combine import Combiner
 from hitokoto.pool import Pool, Sentence
 from hitokoto.ratelimit import RateLimits
+from hitokoto.reserve import ReservedClaims
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +32,9 @@ class Handout:
     spending the client's quota on limit `limit_name` (a 429 ApiError when over it). While
     the pool is empty no quota is spent: the client can retry once `batch.py` has filled it."""
 
-    def __init__(self, pool: Pool, limits: RateLimits, limit_name: str):
+    def __init__(self, pool: Pool, limits: RateLimits, limit_name: str, claims: ReservedClaims | None = None):
         self._pool = pool  # only the leading request touches it: Pool(path, one_connection=True)
+        self._claims = claims or ReservedClaims(pool)
         self._limits = limits
         self._limit_name = limit_name
         self._combiner = Combiner(self._serve)
@@ -51,7 +54,7 @@ class Handout:
         verdicts = self._limits.hit_many(self._limit_name, [client for _, client in requests])
         decided = list(zip(requests, verdicts, strict=True))
         claims = sum(allowed and not recycle for (recycle, _), (allowed, _) in decided)
-        claimed = iter(self._pool.claim_unused_many(claims))
+        claimed = iter(self._claims.claim(claims) if claims else ())
         answers = []
         for (recycle, _), (allowed, limiter) in decided:
             if not allowed:  # refused requests claim nothing
@@ -64,6 +67,10 @@ class Handout:
             else:  # no unused sentence was left for this request: the seed's fallback
                 answers.append((self._pool.pick_any(), True))
         return answers
+
+    def give_back(self) -> None:
+        """Return the sentences this process reserved to the pool (a stopping web worker)."""
+        self._claims.give_back()
 
     def _has_sentences(self) -> bool:
         if not self._pool_has_sentences:

@@ -27,6 +27,7 @@ import json
 import random
 import sqlite3
 import threading
+import time
 import types
 import unicodedata
 import uuid
@@ -176,7 +177,20 @@ MIGRATIONS = (
                       ORDER BY c.clock_floor, c.floor_id LIMIT 1)) AS handed_out_at
       FROM sentence_rows AS r JOIN pool_state AS p;
     """,
+    # 6: sentences a web process claimed ahead to hand out from memory (hitokoto.reserve):
+    # one row per holding process, saying it may still hold up to `outstanding` of them until
+    # `until` (Unix time). A claim that finds nothing reads it to wait for them to come back.
+    """
+    CREATE TABLE reservations (
+        holder TEXT PRIMARY KEY,
+        outstanding INTEGER NOT NULL,
+        until REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 )
+# A holder whose reservation is this long past its `until` is counted dead: nobody waits for
+# it any more, and it may neither hand out nor give back what it held (it stays handed out).
+RESERVATION_GRACE_S = 1.0
 
 
 class PoolError(Exception):
@@ -192,6 +206,18 @@ class Sentence:
     model: str
     created_at: str
     used: bool  # its hand-out time is Pool.handed_out_at(id): nothing served needs it
+
+
+@dataclasses.dataclass(frozen=True)
+class Reservation:
+    """What Pool.claim_ahead took: sentences for the requests at hand, sentences held for later
+    (hand them out before `until`, Unix time, or give them back), and whether the pool ran short
+    while another process's reservation could still come back."""
+
+    now: list[Sentence]
+    held: list[Sentence]
+    until: float
+    others_hold: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,6 +282,14 @@ _INSERT_SQL = """
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, (SELECT clock_floor FROM pool_state) + ?)
 """
 _HAND_OUT_SQL = f"UPDATE sentence_rows SET used = 1, handed_out_at = ? WHERE id = ? AND {_UNUSED}"
+# A reserved sentence is claimed (at or below the floor, hand-out time not set); a fresh clock
+# above the floor makes it unused again. Nothing else in those states is named by a holder.
+_GIVE_BACK_SQL = """
+    UPDATE sentence_rows SET clock = (SELECT clock_floor FROM pool_state) + exponential_clock()
+     WHERE id IN (SELECT value FROM json_each(?))
+       AND handed_out_at IS NULL
+       AND (clock, id) <= (SELECT clock_floor, floor_id FROM pool_state)
+"""
 _PICK_SQL = f"""
     SELECT {_SENTENCE_COLUMNS} FROM sentences
      WHERE id = (SELECT low + abs(random()) % (high - low + 1)
@@ -492,19 +526,75 @@ class Pool:
         uniformly random, in a uniformly random order; fewer when the pool runs out."""
         if count < 1:
             return []
-        conn = self.connect()
         try:
-            changes_before = conn.total_changes  # (cursor.rowcount is -1 for a statement opening with WITH)
-            conn.execute(_CLAIM_SQL, (count,))
-            floor_raised = conn.total_changes != changes_before
-            captured = conn.execute(_DRAIN_TAKEN_SQL).fetchall()
-            claimed = [Sentence(*fields, used=True) for (batch,) in captured for fields in json.loads(batch)]
-            if floor_raised and not claimed:  # the claim cannot tell what it took
-                raise PoolError("sentence pool connection lost its capture trigger; restart")
+            return self._claim(self.connect(), count)
         except sqlite3.Error as exc:
             raise PoolError(f"sentence pool is busy or unwritable: {exc}") from None
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection, count: int) -> list[Sentence]:
+        changes_before = conn.total_changes  # (cursor.rowcount is -1 for a statement opening with WITH)
+        conn.execute(_CLAIM_SQL, (count,))
+        floor_raised = conn.total_changes != changes_before
+        captured = conn.execute(_DRAIN_TAKEN_SQL).fetchall()
+        claimed = [Sentence(*fields, used=True) for (batch,) in captured for fields in json.loads(batch)]
+        if floor_raised and not claimed:  # the claim cannot tell what it took
+            raise PoolError("sentence pool connection lost its capture trigger; restart")
         random.shuffle(claimed)  # whatever order SQLite hands the rows back in
         return claimed
+
+    # -- reservations (hitokoto.reserve) ----------------------------------------
+
+    def claim_ahead(self, holder: str, count: int, ahead: int, spare: int, hold_s: float) -> Reservation:
+        """Claim `count` sentences to hand out now and, while at least `spare` unused ones would
+        be left, `ahead` more that `holder` hands out from memory until now + hold_s. One
+        transaction claims them all (each uniformly random, like any claim, and handed out from
+        this second on) and records the reservation, replacing the holder's last one (which it
+        has spent or given back). When fewer than `count` are left, it also tells whether
+        another holder's live reservation may still come back (give_back)."""
+
+        def work(conn):
+            now = time.time()
+            unused = conn.execute("SELECT unused_count FROM pool_state").fetchone()[0]
+            taken = self._claim(conn, count + (ahead if unused >= count + ahead + spare else 0))
+            held, until = taken[count:], now + hold_s
+            conn.execute(
+                "DELETE FROM reservations WHERE holder = ? OR until < ?", (holder, now - RESERVATION_GRACE_S)
+            )
+            if held:
+                conn.execute("INSERT INTO reservations VALUES (?, ?, ?)", (holder, len(held), until))
+            others_hold = len(taken) < count and self._others_hold(conn, holder, now)
+            return Reservation(taken[:count], held, until, others_hold)
+
+        return self._write(work)
+
+    @staticmethod
+    def _others_hold(conn: sqlite3.Connection, holder: str, now: float) -> bool:
+        row = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM reservations WHERE holder != ? AND outstanding > 0 AND until >= ?)",
+            (holder, now - RESERVATION_GRACE_S),
+        ).fetchone()
+        return row[0] == 1
+
+    def give_back(self, holder: str, sentence_ids: list[int]) -> int:
+        """End holder's reservation: its unspent sentences go back to the no-repeat pool with fresh
+        clocks above the floor, so each is exactly like a new one (the clocks are memoryless).
+        A holder past its grace has been counted dead by the others, which may have answered
+        `recycled` since: its sentences then stay handed out. Returns how many went back."""
+
+        def work(conn):
+            live = conn.execute(
+                "SELECT until >= ? FROM reservations WHERE holder = ?",
+                (time.time() - RESERVATION_GRACE_S, holder),
+            ).fetchone()
+            conn.execute("DELETE FROM reservations WHERE holder = ?", (holder,))
+            if not (live and live[0] and sentence_ids):
+                return 0
+            returned = conn.execute(_GIVE_BACK_SQL, (json.dumps(sentence_ids),)).rowcount
+            conn.execute("UPDATE pool_state SET unused_count = unused_count + ?", (returned,))
+            return returned
+
+        return self._write(work)
 
     def pick_any(self) -> Sentence | None:
         """A uniformly random sentence from the whole pool, marking nothing; None when empty.

@@ -74,6 +74,26 @@ def test_cached_rate_limit_is_shared_by_all_gunicorn_processes(gunicorn_url, ser
     assert statuses.count(429) == 5
 
 
+def test_sentences_reserved_by_gunicorn_workers_go_back_when_they_stop(service_dir, tmp_path):
+    """A pool large enough that each web process reserves sentences ahead (hitokoto.reserve):
+    what they held unread is back in the no-repeat pool once gunicorn has stopped."""
+    database = tmp_path / "large.db"
+    pool = Pool(database)
+    pool.migrate()
+    fill(pool, 6000, prefix="预留")
+
+    def ask(_) -> int:
+        return http_post(url + "/hitokoto-cached", {"gptauth": ACCESS_TOKEN})[0]
+
+    with running_gunicorn(service_dir, tmp_path, database=str(database), rate_cached="100000/min") as url:
+        with concurrent.futures.ThreadPoolExecutor(4) as executor:
+            statuses = list(executor.map(ask, range(400)))
+        assert statuses == [200] * 400
+    assert pool.counts() == (6000, 6000 - 400)
+    assert pool.connect().execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
+    assert pool.check_integrity() == []
+
+
 def test_bad_config_stops_gunicorn_with_one_line(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"access_token": ACCESS_TOKEN, "rate": "lots"}))
     env = {

@@ -1,0 +1,167 @@
+"""Claims reserved ahead per process (hitokoto.reserve): served from memory, given back in
+time, waited for near exhaustion, never handed out twice, not even by a killed holder."""
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+
+import pytest
+
+from hitokoto.pool import RESERVATION_GRACE_S, Pool
+from hitokoto.reserve import ReservedClaims
+from tests.helpers import fill, wait_until
+
+
+@pytest.fixture
+def pool(tmp_path):
+    store = Pool(tmp_path / "pool.db")
+    store.migrate()
+    return store
+
+
+def _holders(pool: Pool) -> list[tuple[str, int]]:
+    return pool.connect().execute("SELECT holder, outstanding FROM reservations").fetchall()
+
+
+def _reserving(pool: Pool, **options) -> ReservedClaims:
+    """A ReservedClaims that has handed out 8 sentences in the last second, so its next
+    claim that finds nothing held reserves min(8, max_ahead) ahead."""
+    claims = ReservedClaims(Pool(pool.path, one_connection=True), **({"spare": 0} | options))
+    assert len(claims.claim(8)) == 8
+    return claims
+
+
+def test_reserved_sentences_are_handed_out_from_memory_each_once(pool):
+    fill(pool, 200)
+    claims = _reserving(pool, hold_s=30)
+    handed_out = [sentence.id for sentence in claims.claim(1)]  # reserves 8 more
+    assert pool.counts() == (200, 200 - 8 - 1 - 8)
+    assert [outstanding for _, outstanding in _holders(pool)] == [8]
+    for _ in range(8):
+        handed_out += [sentence.id for sentence in claims.claim(1)]
+    assert pool.counts() == (200, 183)  # the pool was not touched
+    assert len(set(handed_out)) == 9
+    assert all(pool.get(sentence_id).used for sentence_id in handed_out)
+
+
+def test_what_is_left_of_a_reservation_goes_back_when_its_time_is_up(pool):
+    fill(pool, 200)
+    claims = _reserving(pool, hold_s=0.3)
+    handed_out = [sentence.id for sentence in claims.claim(3)]  # 3 now, 8 held
+    assert pool.counts()[1] == 200 - 8 - 3 - 8
+    wait_until(lambda: pool.counts()[1] == 200 - 8 - 3, message="the 8 held sentences back in the pool")
+    assert _holders(pool) == []
+    assert pool.check_integrity() == []
+    # Every sentence not handed out is unused again, and each is claimed exactly once.
+    used = {sentence_id for (sentence_id,) in pool.connect().execute("SELECT id FROM sentences WHERE used")}
+    assert set(handed_out) <= used and len(used) == 11
+    rest = [sentence.id for sentence in pool.claim_unused_many(500)]
+    assert len(rest) == 189 and set(rest).isdisjoint(used)
+
+
+def test_a_stopping_process_gives_back_what_it_holds_at_once(pool):
+    fill(pool, 200)
+    claims = _reserving(pool, hold_s=30)
+    claims.claim(1)
+    assert pool.counts()[1] == 200 - 8 - 1 - 8
+    claims.give_back()
+    assert pool.counts()[1] == 200 - 8 - 1
+    assert _holders(pool) == []
+    assert pool.check_integrity() == []
+
+
+def test_a_small_pool_is_never_reserved(pool):
+    fill(pool, 100)
+    claims = _reserving(pool, spare=95, hold_s=30)
+    claims.claim(1)  # 91 unused: reserving 8 would leave fewer than 95
+    assert pool.counts()[1] == 91
+    assert _holders(pool) == []
+
+
+def _drain_with_reservations(path, start_together, results):
+    """Claim 1-3 sentences at a time, as a web process's batches do, until a claim comes back
+    short; report every claim as (started, ended, ids asked for, ids got)."""
+    claims = ReservedClaims(Pool(path, one_connection=True), max_ahead=16, spare=0, hold_s=0.5)
+    start_together.wait(timeout=60)
+    log = []
+    while True:
+        asked = random.randint(1, 3)
+        started = time.time()
+        got = [sentence.id for sentence in claims.claim(asked)]
+        log.append((started, time.time(), asked, got))
+        if len(got) < asked:
+            break
+        time.sleep(random.uniform(0, 0.002))
+    results.put(log)
+
+
+def test_processes_draining_through_reservations_hand_out_each_sentence_once_before_the_first_short_claim(
+    tmp_path,
+):
+    """Four processes reserve ahead until the pool is empty. Every sentence is handed out
+    exactly once, and once any claim has come back short (a request answered `recycled`), no
+    claim started later gets a fresh sentence: the others' reservations were waited for."""
+    store = Pool(tmp_path / "pool.db")
+    store.migrate()
+    fill(store, 3000)
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    start_together = context.Barrier(4)
+    processes = [
+        context.Process(target=_drain_with_reservations, args=(store.path, start_together, results))
+        for _ in range(4)
+    ]
+    for process in processes:
+        process.start()
+    logs = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=30)
+    handed_out = [sentence_id for log in logs for (_, _, _, got) in log for sentence_id in got]
+    assert sorted(handed_out) == list(range(1, 3001))
+    first_short_answer = min(ended for log in logs for (_, ended, asked, got) in log if len(got) < asked)
+    assert not [entry for log in logs for entry in log if entry[0] > first_short_answer and entry[3]]
+    assert all(len(log) > 50 for log in logs)  # they really ran side by side
+    assert store.counts()[1] == 0 and store.check_integrity() == []
+
+
+def _reserve_and_stop(path, ready):
+    claims = _reserving(Pool(path), hold_s=1.0)
+    claims.claim(1)  # 8 held, never handed out
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_killed_holder_is_waited_for_until_its_grace_and_what_it_held_is_never_handed_out_again(pool):
+    fill(pool, 60)
+    context = multiprocessing.get_context("spawn")
+    ready = context.Event()
+    holder = context.Process(target=_reserve_and_stop, args=(pool.path, ready))
+    holder.start()
+    assert ready.wait(timeout=60)
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join()
+    used = pool.connect().execute("SELECT id FROM sentences WHERE used")
+    held_by_the_dead = {sentence_id for (sentence_id,) in used}
+    assert len(held_by_the_dead) == 8 + 1 + 8
+
+    survivor = ReservedClaims(Pool(pool.path, one_connection=True), spare=0, hold_s=1.0)
+    rest = [sentence.id for sentence in survivor.claim(100)]  # waits for the dead holder, then gives up
+    assert len(rest) == 60 - 17 and set(rest).isdisjoint(held_by_the_dead)
+    # The dead holder's row is forgotten by the next claim after its grace.
+    time.sleep(RESERVATION_GRACE_S)
+    survivor.claim(1)
+    assert _holders(pool) == []
+    assert pool.check_integrity() == []
+
+
+def test_a_holder_past_its_grace_can_no_longer_give_back(pool):
+    """By then the others have stopped waiting for it and may have answered `recycled`: what
+    it held stays handed out rather than turn up fresh afterwards."""
+    fill(pool, 50)
+    reservation = pool.claim_ahead("late holder", 1, 10, 0, hold_s=0.05)
+    time.sleep(0.05 + RESERVATION_GRACE_S + 0.1)
+    assert pool.give_back("late holder", [sentence.id for sentence in reservation.held]) == 0
+    assert pool.counts()[1] == 50 - 11
+    assert _holders(pool) == [] and pool.check_integrity() == []
