@@ -6,11 +6,9 @@ Also, to show what each step costs: bare + one Redis round trip and bare + one p
 per request (the two steps if every request paid its own; the endpoint shares them between
 concurrent requests: hitokoto/combine.py), and the endpoint itself with its rate limit,
 its claim, or both replaced by free stand-ins (bench/free_steps_app.py); one more keeps only
-the GIL releases of the claim, without SQLite. The endpoint reserves its claims ahead per
-web process (hitokoto.reserve); a last row prices the half of that design that is not built
-(bench/FINDINGS.md, last section): each web process also leasing its client's quota from
-Redis 64 hits at a time and spending it from memory; and once more with the lock and lease
-expiry a correct version would add ("booked").
+the GIL releases of the claim, without SQLite. (The endpoint buys both steps ahead per web
+process under load: hitokoto/reserve.py, hitokoto/leases.py. The limits are raised for the
+run, so its quota is leased.)
 For each endpoint it also prints what a request cost the web workers (CPU, the part of it
 in the kernel, and how often one of their threads blocked: on I/O, a lock or the GIL) and
 Redis (CPU). bench/instructions.py counts the instructions behind the web CPU, which a busy
@@ -45,14 +43,6 @@ FREE_STEP_ROWS = {
     "ours, limit free": "'limit'",
     "ours, limit free, claim = GIL only": "'limit', 'sqlite'",
 }
-
-# The endpoint with the quota also bought ahead per process (bench/free_steps_app.py, not the
-# product); its claims are the product's, reserved ahead.
-LEASED_ROW = "ours + quota leased"
-LEASED_APP = "bench.free_steps_app:with_leases()"
-# The same with the lock and the lease expiry a correct version would add.
-BOOKED_ROW = "ours + quota leased, booked"
-BOOKED_APP = "bench.free_steps_app:with_leases(bookkeeping=True)"
 
 
 def free_steps_app(free_steps: str) -> str:
@@ -142,9 +132,6 @@ def main() -> None:
         for label, free_steps in FREE_STEP_ROWS.items():
             url, master = stack.gunicorn(free_steps_app(free_steps))
             endpoints[label] = (url + "/hitokoto-cached", master)
-        for label, app in ((LEASED_ROW, LEASED_APP), (BOOKED_ROW, BOOKED_APP)):
-            url, master = stack.gunicorn(app)
-            endpoints[label] = (url + "/hitokoto-cached", master)
         url, master = stack.gunicorn("wsgi:app")
         endpoints["ours"] = (url + "/hitokoto-cached", master)
         for url, _ in endpoints.values():
@@ -167,9 +154,7 @@ def main() -> None:
         print("(bare + 1 …/request: one Redis round trip or one pool claim paid by every request; the")
         print(" endpoint shares both between the requests of a process that arrive together. ours, …")
         print(" free: the endpoint with those steps replaced by stand-ins that cost nothing; claim = GIL")
-        print(" only: a stand-in that releases the GIL as often as the claim does and does nothing else;")
-        print(" + quota leased: the endpoint with a sketch of quota leases, not built, bench/FINDINGS.md;")
-        print(" booked: the same with the lock and lease expiry a correct version would add)")
+        print(" only: a stand-in that releases the GIL as often as the claim does and does nothing else)")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,6 @@
 """Work per request: the user-space instructions one request costs the gunicorn web workers,
 for POST /hitokoto-cached, for a bare Flask JSON endpoint, and for the endpoint with its
-rate limit, its claim or both made free (bench/free_steps_app.py), and for the sketch of
-quota leases and claim reservations (a design not built; bench/FINDINGS.md).
+rate limit, its claim or both made free (bench/free_steps_app.py).
 
 valgrind's callgrind counts instructions, not seconds, so these figures come out the same on a
 busy machine as on an idle one, unlike the requests/s of http_throughput.py. What they leave
@@ -15,7 +14,7 @@ requests leaves start-up and warm-up out. The counts still move 2–4 % between 
 Flask 1.07–1.11 million on 2026-11-30), since valgrind's thread scheduling decides how many
 requests share a batch. Needs valgrind (apt-get install valgrind); about 20 minutes.
 
-    python bench/instructions.py [--requests 400] [--clients 16] [--rows free limit claim gil leased ours]
+    python bench/instructions.py [--requests 400] [--clients 16] [--rows free limit claim gil ours]
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from http_throughput import FREE_STEP_ROWS, LEASED_APP, LEASED_ROW, free_steps_app
+from http_throughput import FREE_STEP_ROWS, free_steps_app
 from stack import ACCESS_TOKEN, Stack, build_pool, children_of
 
 # Short names for --rows. The free-step rows are http_throughput.py's own (labels and stand-ins),
@@ -46,7 +45,6 @@ ROWS = {  # name: (label, gunicorn app, path)
         name: (label, free_steps_app(FREE_STEP_ROWS[label]), "/hitokoto-cached")
         for name, label in FREE_ROW_NAMES.items()
     },
-    "leased": (LEASED_ROW, LEASED_APP, "/hitokoto-cached"),
     "ours": ("POST /hitokoto-cached", "wsgi:app", "/hitokoto-cached"),
 }
 WARMUP_PER_CLIENT = 50
