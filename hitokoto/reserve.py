@@ -43,8 +43,9 @@ class ReservedClaims:
     the pool has no unused sentence left and no other process holds any. Thread-safe."""
 
     def __init__(self, pool: Pool, max_ahead: int = MAX_AHEAD, spare: int = SPARE, hold_s: float = HOLD_S):
-        self._pool = pool  # claims; used only under self._lock
-        self._returns = Pool(pool.path)  # gives back, from whichever thread does it
+        self._pool = pool  # claims (hitokoto.handout's leader also picks and reads with it)
+        # gives back, from whichever thread does it, always under self._lock: one connection
+        self._returns = Pool(pool.path, one_connection=True)
         self._max_ahead = max_ahead
         self._spare = spare
         self._hold_s = hold_s
