@@ -13,6 +13,7 @@ is still counted and judged on its own, and gets its own uniformly random unused
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 from limits.strategies import MovingWindowRateLimiter
 
@@ -33,8 +34,11 @@ class Handout:
     the pool is empty no quota is spent: the client can retry once `batch.py` has filled it."""
 
     def __init__(self, pool: Pool, limits: RateLimits, limit_name: str, claims: ReservedClaims | None = None):
-        self._pool = pool  # only the leading request touches it: Pool(path, one_connection=True)
-        self._claims = claims or ReservedClaims(pool)
+        # Only the leading request touches it (Pool(path, one_connection=True)), and holds
+        # self._pool_lock meanwhile, so that the claims can give back on it from another thread.
+        self._pool = pool
+        self._pool_lock = threading.RLock()
+        self._claims = claims or ReservedClaims(pool, self._pool_lock)
         self._limits = limits
         self._limit_name = limit_name
         self._combiner = Combiner(self._serve)
@@ -49,6 +53,10 @@ class Handout:
         return answer
 
     def _serve(self, requests: list[tuple[bool, str]]) -> list:
+        with self._pool_lock:
+            return self._serve_locked(requests)
+
+    def _serve_locked(self, requests: list[tuple[bool, str]]) -> list:
         if not self._has_sentences():  # pool_empty for all, before any quota is spent
             return [(None, False)] * len(requests)
         verdicts = self._limits.hit_many(self._limit_name, [client for _, client in requests])

@@ -42,14 +42,22 @@ class ReservedClaims:
     """claim(count) -> up to count distinct unused sentences, uniformly random; fewer only when
     the pool has no unused sentence left and no other process holds any. Thread-safe."""
 
-    def __init__(self, pool: Pool, max_ahead: int = MAX_AHEAD, spare: int = SPARE, hold_s: float = HOLD_S):
-        self._pool = pool  # claims (hitokoto.handout's leader also picks and reads with it)
-        # gives back, from whichever thread does it, always under self._lock: one connection
-        self._returns = Pool(pool.path, one_connection=True)
+    def __init__(
+        self,
+        pool: Pool,
+        lock: threading.RLock | None = None,
+        max_ahead: int = MAX_AHEAD,
+        spare: int = SPARE,
+        hold_s: float = HOLD_S,
+    ):
+        # Claims and gives back, whichever thread does it, always under `lock`: a caller that
+        # uses the same connection otherwise (hitokoto.handout) holds that lock meanwhile, so
+        # a web process keeps one pool connection and one page cache.
+        self._pool = pool
+        self._lock = lock or threading.RLock()
         self._max_ahead = max_ahead
         self._spare = spare
         self._hold_s = hold_s
-        self._lock = threading.Lock()
         self._held: collections.deque[Sentence] = collections.deque()
         self._until = 0.0  # Unix time: other processes compare it with theirs
         self._booked = False  # this process has a row in the pool's reservations table
@@ -107,7 +115,7 @@ class ReservedClaims:
         self._held.clear()
         self._booked = False
         try:
-            self._returns.give_back(self._holder_name(), unspent)
+            self._pool.give_back(self._holder_name(), unspent)
         except PoolError as exc:  # they stay handed out; the pool forgets the row after its grace
             log.error("could not give back %d reserved sentences: %s", len(unspent), exc)
 

@@ -11,7 +11,7 @@ from redis import Redis
 
 from hitokoto.leases import LEASE_S
 from hitokoto.ratelimit import RateLimits
-from tests.helpers import client_for, fill, post
+from tests.helpers import client_for, fill, free_port, post
 
 
 def _allowed(limits: RateLimits, clients: list[str]) -> int:
@@ -107,3 +107,10 @@ def test_a_leases_hits_are_counted_no_earlier_than_they_are_spent(redis_url):
     key = RedisStorage(redis_url).prefixed_key(parse("1024/minute").key_for("cached", client))
     stamps = [float(stamp) for stamp in Redis.from_url(redis_url).lrange(key, 0, -1)]
     assert len(stamps) == 4 and min(stamps) >= max(spent_at)
+
+
+def test_a_leased_limit_still_limits_while_redis_is_down(caplog):
+    """Each process then counts in its own memory at the same rate, as for any limit."""
+    limits = RateLimits(f"redis://127.0.0.1:{free_port()}/0", {"cached": "600/minute"})
+    assert _allowed(limits, ["10.5.0.1"] * 601) == 600
+    assert "Redis unavailable" in caplog.text
