@@ -34,8 +34,8 @@ log = logging.getLogger("hitokoto")
 
 # Sentences one process may hold: what a SIGKILL can take out of the no-repeat pool. 64 held
 # more memory for longer: the web worker's RSS grew 5.3-6.1 % over bench/memory.py's 10,000
-# requests after warm-up (3.8 % without reservations); with 16, 3.9 and 4.2 %, at the same
-# throughput (bench/FINDINGS.md).
+# requests after warm-up (3.8 % without reservations); with 16, 3.9 and 4.2 %. More frequent
+# reservations cost some throughput instead (bench/FINDINGS.md, last section).
 MAX_AHEAD = 16
 SPARE = 4096  # unused sentences a reservation must leave in the pool
 HOLD_S = 1.0  # how long a reservation may be spent before what is left goes back
