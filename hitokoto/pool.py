@@ -241,7 +241,10 @@ def normalize_key(text: str) -> str:
 # column is not set by a claim: the view derives it); everything else reads all seven.
 _ROW_COLUMNS = "id, uuid, text, source, model, created_at"
 _SENTENCE_COLUMNS = f"{_ROW_COLUMNS}, used"
-_UNUSED = "handed_out_at IS NULL AND (clock, id) > (SELECT clock_floor, floor_id FROM pool_state)"
+_FLOOR = "(SELECT clock_floor, floor_id FROM pool_state)"
+_UNUSED = f"handed_out_at IS NULL AND (clock, id) > {_FLOOR}"
+# Passed by a claim (a reserved sentence not yet handed out is one of these).
+_CLAIMED = f"handed_out_at IS NULL AND (clock, id) <= {_FLOOR}"
 # One statement, so it is atomic across processes: raise the floor to the k-th smallest unused
 # (clock, id) and count the k off. It walks the partial index from the floor (hot pages) and
 # writes pool_state and, by trigger, claim_log. The k sentences it passes are a uniformly
@@ -284,11 +287,9 @@ _INSERT_SQL = """
 _HAND_OUT_SQL = f"UPDATE sentence_rows SET used = 1, handed_out_at = ? WHERE id = ? AND {_UNUSED}"
 # A reserved sentence is claimed (at or below the floor, hand-out time not set); a fresh clock
 # above the floor makes it unused again. Nothing else in those states is named by a holder.
-_GIVE_BACK_SQL = """
+_GIVE_BACK_SQL = f"""
     UPDATE sentence_rows SET clock = (SELECT clock_floor FROM pool_state) + exponential_clock()
-     WHERE id IN (SELECT value FROM json_each(?))
-       AND handed_out_at IS NULL
-       AND (clock, id) <= (SELECT clock_floor, floor_id FROM pool_state)
+     WHERE id IN (SELECT value FROM json_each(?)) AND {_CLAIMED}
 """
 _PICK_SQL = f"""
     SELECT {_SENTENCE_COLUMNS} FROM sentences
