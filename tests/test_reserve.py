@@ -130,14 +130,14 @@ def _reserve_and_stop(path, ready):
     claims = _reserving(Pool(path), hold_s=1.0)
     claims.claim(1)  # 8 held, never handed out
     ready.set()
-    time.sleep(60)
+    signal.pause()  # until the test kills it
 
 
 def test_a_killed_holder_is_waited_for_until_its_grace_and_what_it_held_is_never_handed_out_again(pool):
     fill(pool, 60)
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
-    holder = context.Process(target=_reserve_and_stop, args=(pool.path, ready))
+    holder = context.Process(target=_reserve_and_stop, args=(pool.path, ready), daemon=True)
     holder.start()
     assert ready.wait(timeout=60)
     os.kill(holder.pid, signal.SIGKILL)
@@ -149,10 +149,8 @@ def test_a_killed_holder_is_waited_for_until_its_grace_and_what_it_held_is_never
     survivor = ReservedClaims(Pool(pool.path, one_connection=True), spare=0, hold_s=1.0)
     rest = [sentence.id for sentence in survivor.claim(100)]  # waits for the dead holder, then gives up
     assert len(rest) == 60 - 17 and set(rest).isdisjoint(held_by_the_dead)
-    # The dead holder's row is forgotten by the next claim after its grace.
-    time.sleep(RESERVATION_GRACE_S)
-    survivor.claim(1)
-    assert _holders(pool) == []
+    # The dead holder's row is forgotten by a claim once its grace is over.
+    wait_until(lambda: not survivor.claim(1) and _holders(pool) == [], message="the dead holder's row gone")
     assert pool.check_integrity() == []
 
 
