@@ -252,20 +252,31 @@ _CLAIMED = f"handed_out_at IS NULL AND (clock, id) <= {_FLOOR}"
 # No RETURNING: with it, the write transaction stays open until Python steps the statement
 # again, which under load means holding the pool's write lock while this thread waits for
 # the GIL (bench/http_throughput.py). Without it, the claim commits inside one sqlite3_step.
-_CLAIM_SQL = f"""
-    WITH taken AS (SELECT clock, id FROM sentence_rows WHERE {_UNUSED} ORDER BY clock, id LIMIT ?)
+_CLAIM_TEMPLATE = f"""
+    WITH taken AS (SELECT clock, id FROM sentence_rows WHERE {_UNUSED} ORDER BY clock, id LIMIT {{limit}})
     UPDATE pool_state
        SET (clock_floor, floor_id, unused_count) =
            (SELECT clock, id, unused_count - (SELECT COUNT(*) FROM taken)
               FROM taken ORDER BY clock DESC, id DESC LIMIT 1)
      WHERE EXISTS (SELECT 1 FROM taken)
 """
+_CLAIM_SQL = _CLAIM_TEMPLATE.format(limit="?")
+# A claim ahead (Pool.claim_ahead) is the same one statement: it claims temp.claim_request's
+# `now` sentences, plus `ahead` more while `spare` unused ones would be left, and by trigger
+# records the reservation in the same transaction. Nothing holds the write lock between
+# statements, so no other process waits on it while this thread waits for the GIL.
+_CLAIM_AHEAD_SQL = _CLAIM_TEMPLATE.format(
+    limit="""(SELECT CASE WHEN p.unused_count >= r.now + r.ahead + r.spare THEN r.now + r.ahead ELSE r.now END
+                FROM pool_state AS p, temp.claim_request AS r)"""
+)
 # Per connection (TEMP objects are private to the connection that makes them): the sentences
 # a claim by this connection passes are copied into temp.taken by the same statement, so the
 # claimed rows are read back without a second transaction on the pool file. They are copied as
 # one JSON array, one row to read back: 3 sqlite3 steps and resets instead of k + 2 (the claim
 # alone went from 0.58 to 0.63 of bare Flask under load, A/B). The GIL releases around those
 # steps are not what it saves: a claim that kept the GIL throughout was no faster (bench/FINDINGS.md).
+# A claim ahead writes its holder's request to temp.claim_request first, and a second trigger
+# records the reservation from it in the claim's own statement (Pool.claim_ahead).
 _CAPTURE_TAKEN_SQL = f"""
     CREATE TEMP TABLE IF NOT EXISTS taken (sentences TEXT NOT NULL);
     CREATE TEMP TRIGGER IF NOT EXISTS capture_taken AFTER UPDATE OF clock_floor, floor_id ON main.pool_state
@@ -277,8 +288,23 @@ _CAPTURE_TAKEN_SQL = f"""
            AND (clock, id) > (old.clock_floor, old.floor_id)
            AND (clock, id) <= (new.clock_floor, new.floor_id);
     END;
+    CREATE TEMP TABLE IF NOT EXISTS claim_request (
+        holder TEXT NOT NULL, now INTEGER NOT NULL, ahead INTEGER NOT NULL, spare INTEGER NOT NULL,
+        until REAL NOT NULL, dead_before REAL NOT NULL
+    );
+    CREATE TEMP TRIGGER IF NOT EXISTS record_reservation
+    AFTER UPDATE OF clock_floor, floor_id ON main.pool_state WHEN EXISTS (SELECT 1 FROM temp.claim_request)
+    BEGIN
+        DELETE FROM reservations
+         WHERE holder = (SELECT holder FROM temp.claim_request)
+            OR until < (SELECT dead_before FROM temp.claim_request);
+        INSERT INTO reservations
+        SELECT holder, old.unused_count - new.unused_count - now, until FROM temp.claim_request
+         WHERE old.unused_count - new.unused_count > now;
+    END;
 """
 _DRAIN_TAKEN_SQL = "DELETE FROM temp.taken RETURNING sentences"
+_END_RESERVATIONS_SQL = "DELETE FROM reservations WHERE holder = ? OR until < ?"  # this one, dead ones
 _INSERT_SQL = """
     INSERT OR IGNORE INTO sentence_rows
            (uuid, text, norm_key, source, model, created_at, used, handed_out_at, clock)
@@ -534,8 +560,12 @@ class Pool:
 
     @staticmethod
     def _claim(conn: sqlite3.Connection, count: int) -> list[Sentence]:
+        return Pool._claim_with(conn, _CLAIM_SQL, (count,))
+
+    @staticmethod
+    def _claim_with(conn: sqlite3.Connection, claim_sql: str, parameters: tuple) -> list[Sentence]:
         changes_before = conn.total_changes  # (cursor.rowcount is -1 for a statement opening with WITH)
-        conn.execute(_CLAIM_SQL, (count,))
+        conn.execute(claim_sql, parameters)
         floor_raised = conn.total_changes != changes_before
         captured = conn.execute(_DRAIN_TAKEN_SQL).fetchall()
         claimed = [Sentence(*fields, used=True) for (batch,) in captured for fields in json.loads(batch)]
@@ -549,25 +579,32 @@ class Pool:
     def claim_ahead(self, holder: str, count: int, ahead: int, spare: int, hold_s: float) -> Reservation:
         """Claim `count` sentences to hand out now and, while at least `spare` unused ones would
         be left, `ahead` more that `holder` hands out from memory until now + hold_s. One
-        transaction claims them all (each uniformly random, like any claim, and handed out from
+        statement claims them all (each uniformly random, like any claim, and handed out from
         this second on) and records the reservation, replacing the holder's last one (which it
         has spent or given back). When fewer than `count` are left, it also tells whether
-        another holder's live reservation may still come back (give_back)."""
+        another holder's live reservation may still come back (give_back).
 
-        def work(conn):
-            now = time.time()
-            unused = conn.execute("SELECT unused_count FROM pool_state").fetchone()[0]
-            taken = self._claim(conn, count + (ahead if unused >= count + ahead + spare else 0))
-            held, until = taken[count:], now + hold_s
+        The claim and the reservation are one statement (_CLAIM_AHEAD_SQL and the trigger
+        record_reservation), which commits inside one sqlite3 step: with a BEGIN IMMEDIATE
+        and five statements instead, the write lock was held while this thread waited for the
+        GIL between them, and the other web processes waited for it (bench/FINDINGS.md)."""
+        now = time.time()
+        try:
+            conn = self.connect()
             conn.execute(
-                "DELETE FROM reservations WHERE holder = ? OR until < ?", (holder, now - RESERVATION_GRACE_S)
+                "INSERT INTO temp.claim_request VALUES (?, ?, ?, ?, ?, ?)",
+                (holder, count, ahead, spare, now + hold_s, now - RESERVATION_GRACE_S),
             )
-            if held:
-                conn.execute("INSERT INTO reservations VALUES (?, ?, ?)", (holder, len(held), until))
+            try:
+                taken = self._claim_with(conn, _CLAIM_AHEAD_SQL, ())
+            finally:
+                conn.execute("DELETE FROM temp.claim_request")
+            if not taken:  # nothing claimed, so the trigger did not run: end the reservation here
+                conn.execute(_END_RESERVATIONS_SQL, (holder, now - RESERVATION_GRACE_S))
             others_hold = len(taken) < count and self._others_hold(conn, holder, now)
-            return Reservation(taken[:count], held, until, others_hold)
-
-        return self._write(work)
+        except sqlite3.Error as exc:
+            raise PoolError(f"sentence pool is busy or unwritable: {exc}") from None
+        return Reservation(taken[:count], taken[count:], now + hold_s, others_hold)
 
     @staticmethod
     def _others_hold(conn: sqlite3.Connection, holder: str, now: float) -> bool:

@@ -46,6 +46,19 @@ def test_reserved_sentences_are_handed_out_from_memory_each_once(pool):
     assert all(pool.get(sentence_id).used for sentence_id in handed_out)
 
 
+def test_a_plain_claim_on_the_holders_connection_leaves_its_reservation_alone(pool):
+    # The reservation is recorded by a trigger from the claim's own statement; a later claim
+    # that reserves nothing (a quiet site, or the instant path's connection) must not touch it.
+    fill(pool, 200)
+    holder = Pool(pool.path, one_connection=True)
+    reservation = holder.claim_ahead("web-1", count=1, ahead=8, spare=0, hold_s=30)
+    assert (len(reservation.now), len(reservation.held)) == (1, 8)
+    assert _holders(pool) == [("web-1", 8)]
+    assert len(holder.claim_unused_many(3)) == 3
+    assert _holders(pool) == [("web-1", 8)]
+    assert pool.counts()[1] == 200 - 9 - 3
+
+
 def test_what_is_left_of_a_reservation_goes_back_when_its_time_is_up(pool):
     fill(pool, 200)
     claims = _reserving(pool, hold_s=0.3)
