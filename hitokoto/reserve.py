@@ -1,8 +1,8 @@
 """No-repeat claims for one web process, bought ahead: while the pool is large, the claim that
 serves a batch of requests also reserves as many sentences as this process handed out in the
 last second (at most MAX_AHEAD), and the next requests are served from memory without
-touching the pool. Under load that is one pool transaction per MAX_AHEAD requests instead of
-one statement per batch (bench/http_throughput.py).
+touching the pool. Under load that is one pool statement per MAX_AHEAD requests instead of
+one per batch (bench/http_throughput.py); Pool.claim_ahead records the reservation in it.
 
 What keeps the pool's promises (SPEC §3, §5):
 * A reserved sentence is claimed by the pool's own claim, so it is uniformly random and goes
@@ -34,8 +34,8 @@ log = logging.getLogger("hitokoto")
 
 # Sentences one process may hold: what a SIGKILL can take out of the no-repeat pool. 64 held
 # more memory for longer: the web worker's RSS grew 5.3-6.1 % over bench/memory.py's 10,000
-# requests after warm-up (3.8 % without reservations); with 16, 3.9 and 4.2 %. More frequent
-# reservations cost some throughput instead (bench/FINDINGS.md, last section).
+# requests after warm-up (3.8 % without reservations; 5.1 % with 32); with 16, 3.9-4.2 %. More
+# frequent reservations cost some throughput instead (bench/FINDINGS.md, last two sections).
 MAX_AHEAD = 16
 SPARE = 4096  # unused sentences a reservation must leave in the pool
 HOLD_S = 1.0  # how long a reservation may be spent before what is left goes back
