@@ -277,6 +277,12 @@ _CLAIM_AHEAD_SQL = _CLAIM_TEMPLATE.format(
 # steps are not what it saves: a claim that kept the GIL throughout was no faster (bench/FINDINGS.md).
 # A claim ahead writes its holder's request to temp.claim_request first, and a second trigger
 # records the reservation from it in the claim's own statement (Pool.claim_ahead).
+# Which rows a claim ahead ends: its holder's last reservation, and any dead holder's.
+_ENDED_RESERVATIONS = "holder = {holder} OR until < {dead_before}"
+_ENDED_BY_REQUEST = _ENDED_RESERVATIONS.format(
+    holder="(SELECT holder FROM temp.claim_request)",
+    dead_before="(SELECT dead_before FROM temp.claim_request)",
+)
 _CAPTURE_TAKEN_SQL = f"""
     CREATE TEMP TABLE IF NOT EXISTS taken (sentences TEXT NOT NULL);
     CREATE TEMP TRIGGER IF NOT EXISTS capture_taken AFTER UPDATE OF clock_floor, floor_id ON main.pool_state
@@ -295,16 +301,16 @@ _CAPTURE_TAKEN_SQL = f"""
     CREATE TEMP TRIGGER IF NOT EXISTS record_reservation
     AFTER UPDATE OF clock_floor, floor_id ON main.pool_state WHEN EXISTS (SELECT 1 FROM temp.claim_request)
     BEGIN
-        DELETE FROM reservations
-         WHERE holder = (SELECT holder FROM temp.claim_request)
-            OR until < (SELECT dead_before FROM temp.claim_request);
+        DELETE FROM reservations WHERE {_ENDED_BY_REQUEST};
         INSERT INTO reservations
         SELECT holder, old.unused_count - new.unused_count - now, until FROM temp.claim_request
          WHERE old.unused_count - new.unused_count > now;
     END;
 """
 _DRAIN_TAKEN_SQL = "DELETE FROM temp.taken RETURNING sentences"
-_END_RESERVATIONS_SQL = "DELETE FROM reservations WHERE holder = ? OR until < ?"  # this one, dead ones
+_END_RESERVATIONS_SQL = "DELETE FROM reservations WHERE " + _ENDED_RESERVATIONS.format(
+    holder="?", dead_before="?"
+)
 _INSERT_SQL = """
     INSERT OR IGNORE INTO sentence_rows
            (uuid, text, norm_key, source, model, created_at, used, handed_out_at, clock)
@@ -554,16 +560,12 @@ class Pool:
         if count < 1:
             return []
         try:
-            return self._claim(self.connect(), count)
+            return self._claim(self.connect(), _CLAIM_SQL, (count,))
         except sqlite3.Error as exc:
             raise PoolError(f"sentence pool is busy or unwritable: {exc}") from None
 
     @staticmethod
-    def _claim(conn: sqlite3.Connection, count: int) -> list[Sentence]:
-        return Pool._claim_with(conn, _CLAIM_SQL, (count,))
-
-    @staticmethod
-    def _claim_with(conn: sqlite3.Connection, claim_sql: str, parameters: tuple) -> list[Sentence]:
+    def _claim(conn: sqlite3.Connection, claim_sql: str, parameters: tuple) -> list[Sentence]:
         changes_before = conn.total_changes  # (cursor.rowcount is -1 for a statement opening with WITH)
         conn.execute(claim_sql, parameters)
         floor_raised = conn.total_changes != changes_before
@@ -596,7 +598,7 @@ class Pool:
                 (holder, count, ahead, spare, now + hold_s, now - RESERVATION_GRACE_S),
             )
             try:
-                taken = self._claim_with(conn, _CLAIM_AHEAD_SQL, ())
+                taken = self._claim(conn, _CLAIM_AHEAD_SQL, ())
             finally:
                 conn.execute("DELETE FROM temp.claim_request")
             if not taken:  # nothing claimed, so the trigger did not run: end the reservation here

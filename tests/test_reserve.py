@@ -47,8 +47,8 @@ def test_reserved_sentences_are_handed_out_from_memory_each_once(pool):
 
 
 def test_a_plain_claim_on_the_holders_connection_leaves_its_reservation_alone(pool):
-    # The reservation is recorded by a trigger from the claim's own statement; a later claim
-    # that reserves nothing (a quiet site, or the instant path's connection) must not touch it.
+    # The reservation is recorded by a trigger from the claim's own statement; a later claim on
+    # the same connection that reserves nothing (as on a quiet site) must not touch it.
     fill(pool, 200)
     holder = Pool(pool.path, one_connection=True)
     reservation = holder.claim_ahead("web-1", count=1, ahead=8, spare=0, hold_s=30)
