@@ -30,6 +30,9 @@ class AdmitAll:
     def hit_many(self, name: str, clients: list[str]) -> list[tuple[bool, None]]:
         return [(True, None)] * len(clients)
 
+    def hit_leased(self, name: str, client: str) -> bool:
+        return True
+
 
 class OneSentence:
     """A pool, and its claims, that hand out the same sentence and write nothing."""
@@ -39,6 +42,9 @@ class OneSentence:
 
     def claim(self, count: int) -> list[Sentence]:
         return [SENTENCE] * count
+
+    def take_held(self) -> Sentence | None:
+        return SENTENCE
 
     def give_back(self) -> None:
         pass
@@ -57,6 +63,9 @@ class GilReleasesOnly(OneSentence):
         for _ in range(self.RELEASES_PER_CLAIM):
             time.sleep(0)  # releases the GIL and takes it back, like a short sqlite3 call
         return super().claim(count)
+
+    def take_held(self) -> None:
+        return None  # every request claims
 
 
 def with_free(*steps: str):

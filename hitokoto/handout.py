@@ -8,6 +8,11 @@ of each, N write transactions and N turns at the write lock, and each request wa
 one batch, not two (bench/http_throughput.py); a lone request runs at once. Every request
 is still counted and judged on its own, and gets its own uniformly random unused sentence
 (Pool.claim_unused_many).
+
+Most requests under load need neither: a request whose client has quota leased to this
+process (hitokoto.leases) and for which a reserved sentence is held is answered from memory
+at once, without joining a batch, so it never waits for a leader that is waiting on Redis or
+the pool (bench/FINDINGS.md, twenty-fourth session).
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ from hitokoto.pool import Pool, Sentence
 from hitokoto.ratelimit import RateLimits
 from hitokoto.reserve import ReservedClaims
 
+# The verdict of a request that a lease of this process already counted (RateLimits.hit_leased).
+_COUNTED = (True, None)
+
 
 @dataclasses.dataclass(frozen=True)
 class _Refused:
@@ -34,8 +42,9 @@ class Handout:
     the pool is empty no quota is spent: the client can retry once `batch.py` has filled it."""
 
     def __init__(self, pool: Pool, limits: RateLimits, limit_name: str, claims: ReservedClaims | None = None):
-        # Only the leading request touches it (Pool(path, one_connection=True)), and holds
-        # self._pool_lock meanwhile, so that the claims can give back on it from another thread.
+        # One connection per process (Pool(path, one_connection=True)), used only under
+        # self._pool_lock: by the leading request, and by the claims when a request reserves
+        # more or a thread gives back (hitokoto.reserve).
         self._pool = pool
         self._pool_lock = threading.RLock()
         self._claims = claims or ReservedClaims(pool, self._pool_lock)
@@ -47,20 +56,33 @@ class Handout:
         self._pool_has_sentences = False
 
     def take(self, recycle: bool, client: str) -> tuple[Sentence | None, bool]:
-        answer = self._combiner.submit((recycle, client))
+        # Served at once, touching neither Redis nor the pool, when this process holds both
+        # what the request needs: a lease of the client's quota and a reserved sentence. No
+        # other thread is waited for, not even a leader waiting on Redis or the pool. Otherwise
+        # the request joins the next batch (its quota already spent if a lease covered it).
+        counted = self._pool_has_sentences and self._limits.hit_leased(self._limit_name, client)
+        if counted and not recycle and (sentence := self._claims.take_held()) is not None:
+            return sentence, False
+        answer = self._combiner.submit((recycle, client, counted))
         if isinstance(answer, _Refused):
             self._limits.refuse(self._limit_name, client, answer.limiter)
         return answer
 
-    def _serve(self, requests: list[tuple[bool, str]]) -> list:
-        with self._pool_lock:
-            return self._serve_locked(requests)
-
-    def _serve_locked(self, requests: list[tuple[bool, str]]) -> list:
+    def _serve(self, requests: list[tuple[bool, str, bool]]) -> list:
         if not self._has_sentences():  # pool_empty for all, before any quota is spent
             return [(None, False)] * len(requests)
-        verdicts = self._limits.hit_many(self._limit_name, [client for _, client in requests])
-        decided = list(zip(requests, verdicts, strict=True))
+        # The limit first, without the pool lock: a request reserving more from the pool
+        # (ReservedClaims.take_held) need not wait for this batch's round trip to Redis.
+        uncounted = [client for _, client, counted in requests if not counted]
+        verdicts = iter(self._limits.hit_many(self._limit_name, uncounted) if uncounted else ())
+        decided = [
+            ((recycle, client), _COUNTED if counted else next(verdicts))
+            for recycle, client, counted in requests
+        ]
+        with self._pool_lock:
+            return self._hand_out(decided)
+
+    def _hand_out(self, decided: list) -> list:
         claims = sum(allowed and not recycle for (recycle, _), (allowed, _) in decided)
         claimed = iter(self._claims.claim(claims) if claims else ())
         answers = []
@@ -82,5 +104,6 @@ class Handout:
 
     def _has_sentences(self) -> bool:
         if not self._pool_has_sentences:
-            self._pool_has_sentences = not self._pool.is_empty()
+            with self._pool_lock:
+                self._pool_has_sentences = not self._pool.is_empty()
         return self._pool_has_sentences

@@ -134,6 +134,11 @@ class QuotaLeases:
                 ]
             return verdicts
 
+    def spend(self, client: str) -> bool:
+        """Spend one hit of `client`'s lease, if this process holds one with a hit left."""
+        with self._lock:
+            return self._spend(client, time.time())
+
     def _spend(self, client: str, now: float) -> bool:
         lease = self._leases.get(client)
         if lease is None or lease.left == 0 or now >= lease.until:

@@ -582,9 +582,11 @@ class Pool:
         """Claim `count` sentences to hand out now and, while at least `spare` unused ones would
         be left, `ahead` more that `holder` hands out from memory until now + hold_s. One
         statement claims them all (each uniformly random, like any claim, and handed out from
-        this second on) and records the reservation, replacing the holder's last one (which it
-        has spent or given back). When fewer than `count` are left, it also tells whether
-        another holder's live reservation may still come back (give_back).
+        this second on) and records the reservation, replacing the holder's last one: the holder
+        has spent that one or given it back, or, claiming for none now (count 0, a refill),
+        keeps what is left of it until the new one ends. A refill that reserves nothing leaves
+        the holder's reservation as it was. When fewer than `count` are left, it also tells
+        whether another holder's live reservation may still come back (give_back).
 
         The claim and the reservation are one statement (_CLAIM_AHEAD_SQL and the trigger
         record_reservation), which commits inside one sqlite3 step: with a BEGIN IMMEDIATE
@@ -601,7 +603,7 @@ class Pool:
                 taken = self._claim(conn, _CLAIM_AHEAD_SQL, ())
             finally:
                 conn.execute("DELETE FROM temp.claim_request")
-            if not taken:  # nothing claimed, so the trigger did not run: end the reservation here
+            if not taken and count:  # nothing claimed, so the trigger did not run: end the reservation here
                 conn.execute(_END_RESERVATIONS_SQL, (holder, now - RESERVATION_GRACE_S))
             others_hold = len(taken) < count and self._others_hold(conn, holder, now)
         except sqlite3.Error as exc:

@@ -99,6 +99,12 @@ class RateLimits:
                 self._redis_failed(exc)
         return [(self._local.hit(item, name, client), self._local) for client in clients]
 
+    def hit_leased(self, name: str, client: str) -> bool:
+        """Count one request of `client` from a lease this process holds, without Redis: True
+        when one covered it; False when none did, and it is still to be counted (hit_many)."""
+        leases = self._leased.get(name)
+        return leases is not None and leases.spend(client)
+
     def refuse(self, name: str, client: str, limiter: MovingWindowRateLimiter) -> NoReturn:
         """Raise the 429 for a request that was over its limit (counted by `limiter`)."""
         item = self._items[name]

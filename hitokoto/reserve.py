@@ -1,15 +1,19 @@
 """No-repeat claims for one web process, bought ahead: while the pool is large, the claim that
 serves a batch of requests also reserves as many sentences as this process handed out in the
 last second (at most MAX_AHEAD), and the next requests are served from memory without
-touching the pool. Under load that is one pool statement per MAX_AHEAD requests instead of
-one per batch (bench/http_throughput.py); Pool.claim_ahead records the reservation in it.
+touching the pool (take_held). Under load that is one pool statement per MAX_AHEAD requests
+instead of one per batch (bench/http_throughput.py); Pool.claim_ahead records the reservation
+in it. The request that leaves fewer than REFILL_BELOW of them held reserves the next ones
+(a refill) while the others go on being served from what is left, so under steady load no
+request waits for the pool.
 
 What keeps the pool's promises (SPEC §3, §5):
 * A reserved sentence is claimed by the pool's own claim, so it is uniformly random and goes
   to one process only; its hand-out time is the second it was reserved.
 * It is handed out before its reservation ends (HOLD_S), or given back by a thread of this
   process with a fresh clock, which makes it exactly like a new unused sentence. gunicorn's
-  worker_exit hook gives back what a stopping worker holds.
+  worker_exit hook gives back what a stopping worker holds. A refill's reservation replaces
+  the last one, and what is left of that one is then held until the new one ends.
 * A claim that finds the pool empty while another process's reservation could still come
   back waits for it (at most HOLD_S plus the pool's grace) before answering `recycled`.
 * A process killed while holding a reservation is counted dead after that grace: what it
@@ -28,15 +32,17 @@ import threading
 import time
 import uuid
 
-from hitokoto.pool import RESERVATION_GRACE_S, Pool, PoolError, Sentence
+from hitokoto.pool import RESERVATION_GRACE_S, Pool, PoolError, Reservation, Sentence
 
 log = logging.getLogger("hitokoto")
 
-# Sentences one process may hold: what a SIGKILL can take out of the no-repeat pool. 64 held
-# more memory for longer: the web worker's RSS grew 5.3-6.1 % over bench/memory.py's 10,000
-# requests after warm-up (3.8 % without reservations; 5.1 % with 32); with 16, 3.9-4.2 %. More
-# frequent reservations cost some throughput instead (bench/FINDINGS.md, last two sections).
-MAX_AHEAD = 16
+# Sentences one process may hold: what a SIGKILL can take out of the no-repeat pool. Held
+# from memory without waiting for the pool (take_held), 32 measured 0.74-0.75 of bare Flask
+# against 0.68-0.69 with 16, whose reserve ran dry while a request reserved more; the web
+# worker's RSS grew 3.4 % over bench/memory.py's 10,000 requests after warm-up with 32, 3.3 %
+# with 16 (bench/FINDINGS.md, twenty-fourth session).
+MAX_AHEAD = 32
+REFILL_BELOW = 1 / 4  # of MAX_AHEAD: held sentences under which a request reserves more
 SPARE = 4096  # unused sentences a reservation must leave in the pool
 HOLD_S = 1.0  # how long a reservation may be spent before what is left goes back
 WAIT_POLL_S = 0.02  # how often a claim that found the pool empty looks again while others hold
@@ -44,7 +50,8 @@ WAIT_POLL_S = 0.02  # how often a claim that found the pool empty looks again wh
 
 class ReservedClaims:
     """claim(count) -> up to count distinct unused sentences, uniformly random; fewer only when
-    the pool has no unused sentence left and no other process holds any. Thread-safe."""
+    the pool has no unused sentence left and no other process holds any. take_held() -> one
+    of them from memory, or None when none is held. Thread-safe."""
 
     def __init__(
         self,
@@ -54,29 +61,52 @@ class ReservedClaims:
         spare: int = SPARE,
         hold_s: float = HOLD_S,
     ):
-        # Claims and gives back, whichever thread does it, always under `lock`: a caller that
-        # uses the same connection otherwise (hitokoto.handout) holds that lock meanwhile, so
-        # a web process keeps one pool connection and one page cache.
+        # The pool connection is used, whichever thread does it, only under `lock`: a caller
+        # that uses the same connection otherwise (hitokoto.handout) holds that lock meanwhile,
+        # so a web process keeps one pool connection and one page cache. What is held is
+        # guarded by a lock of its own, never held across a pool statement, so a request can
+        # take a held sentence while another thread waits on the pool.
         self._pool = pool
         self._lock = lock or threading.RLock()
         self._max_ahead = max_ahead
+        self._refill_below = max_ahead * REFILL_BELOW  # held sentences that start the next reservation
         self._spare = spare
         self._hold_s = hold_s
+        self._held_lock = threading.Lock()
         self._held: collections.deque[Sentence] = collections.deque()
         self._until = 0.0  # Unix time: other processes compare it with theirs
         self._booked = False  # this process has a row in the pool's reservations table
         self._holder = ""  # this process's name in that table, made after gunicorn forks
         self._holder_pid = 0
         self._rate = _Rate(hold_s)
-        self._reserved = threading.Event()  # wakes the thread that gives back in time
-        self._returner: threading.Thread | None = None
+        self._wake = threading.Event()  # wakes the keeper: a reservation to give back in time
+        self._keeper: threading.Thread | None = None
+
+    def take_held(self) -> Sentence | None:
+        """One held sentence, without touching the pool; None when none can be handed out now
+        (the caller then claims). The request that leaves few held reserves more before
+        it answers, unless the pool is busy in another thread, while other requests go on
+        being served from what is still held."""
+        with self._held_lock:
+            if not self._held or time.time() >= self._until:
+                return None
+            sentence = self._held.popleft()
+            self._rate.count(1)
+            running_low = len(self._held) < self._refill_below
+        if running_low and self._lock.acquire(blocking=False):
+            try:
+                self._refill()
+            finally:
+                self._lock.release()
+        return sentence
 
     def claim(self, count: int) -> list[Sentence]:
         with self._lock:
             taken = self._spend(count)
             if len(taken) < count:
                 taken += self._claim_more(count - len(taken))
-            self._rate.count(len(taken))
+            with self._held_lock:
+                self._rate.count(len(taken))
         return taken
 
     def give_back(self) -> None:
@@ -85,14 +115,18 @@ class ReservedClaims:
             self._end_reservation()
 
     def _spend(self, count: int) -> list[Sentence]:
-        if self._held and time.time() >= self._until:
-            self._end_reservation()  # the thread giving back is late: do it here
-        return [self._held.popleft() for _ in range(min(count, len(self._held)))]
+        with self._held_lock:
+            late = self._held and time.time() >= self._until
+        if late:  # the keeper is late giving back: do it here
+            self._end_reservation()
+        with self._held_lock:
+            return [self._held.popleft() for _ in range(min(count, len(self._held)))]
 
     def _claim_more(self, count: int) -> list[Sentence]:
         """Claim count now, reserving ahead while the pool is large; while the pool is short and
         another process holds a reservation, wait for it to be spent or given back."""
-        ahead = self._rate.ahead(self._max_ahead)
+        with self._held_lock:
+            ahead = self._rate.ahead(self._max_ahead)
         # Nothing to reserve and no reservation to close: the claim is one statement, as it
         # was before reservations (a quiet site).
         taken = self._pool.claim_unused_many(count) if not (ahead or self._booked) else []
@@ -102,22 +136,43 @@ class ReservedClaims:
                 self._holder_name(), count - len(taken), ahead, self._spare, self._hold_s
             )
             taken += reservation.now
-            self._booked = bool(reservation.held)
-            if reservation.held:
-                self._held.extend(reservation.held)
-                self._until = reservation.until
-                self._wake_returner()
+            self._keep(reservation, replaces=True)
             if not reservation.others_hold or time.time() >= give_up_at:
                 break
             time.sleep(WAIT_POLL_S)
         return taken
 
+    def _refill(self) -> None:
+        """Reserve more while some are still held (under the pool lock): what the last second
+        would spend, up to max_ahead held in all. Those still held are then kept until the new
+        reservation ends; when the pool is too short to reserve, nothing changes."""
+        with self._held_lock:
+            live = self._held and time.time() < self._until
+            ahead = min(self._rate.ahead(self._max_ahead), self._max_ahead - len(self._held))
+        if live and ahead > 0:
+            self._keep(self._pool.claim_ahead(self._holder_name(), 0, ahead, self._spare, self._hold_s))
+
+    def _keep(self, reservation: Reservation, replaces: bool = False) -> None:
+        """Hold what `reservation` reserved. One that reserved nothing replaced this process's
+        row in the pool only when it claimed for requests at hand (`replaces`)."""
+        with self._held_lock:
+            keeper_idle = not self._booked  # otherwise it wakes at the old end and sees the new one
+            if reservation.held:
+                self._held.extend(reservation.held)
+                self._until = reservation.until
+                self._booked = True
+            elif replaces:
+                self._booked = False
+        if reservation.held and keeper_idle:
+            self._wake_keeper()
+
     def _end_reservation(self) -> None:
-        if not self._booked:
-            return
-        unspent = [sentence.id for sentence in self._held]
-        self._held.clear()
-        self._booked = False
+        with self._held_lock:
+            if not self._booked:
+                return
+            unspent = [sentence.id for sentence in self._held]
+            self._held.clear()
+            self._booked = False
         try:
             self._pool.give_back(self._holder_name(), unspent)
         except PoolError as exc:  # they stay handed out; the pool forgets the row after its grace
@@ -129,23 +184,27 @@ class ReservedClaims:
             self._holder_pid = os.getpid()
         return self._holder
 
-    def _wake_returner(self) -> None:
-        if self._returner is None:  # started on first use: a thread would not survive the fork
-            self._returner = threading.Thread(target=self._give_back_in_time, daemon=True)
-            self._returner.start()
-        self._reserved.set()
+    def _wake_keeper(self) -> None:  # under the pool lock
+        if self._keeper is None:  # started on first use: a thread would not survive the fork
+            self._keeper = threading.Thread(target=self._keep_reservations, daemon=True)
+            self._keeper.start()
+        self._wake.set()
 
-    def _give_back_in_time(self) -> None:
-        """End each reservation when its time is up, unless a newer one replaced it."""
+    def _keep_reservations(self) -> None:
+        """The keeper thread: end each reservation when its time is up, unless a newer one
+        replaced it."""
         while True:
-            self._reserved.wait()
+            self._wake.clear()  # before looking, so that a wake-up while it looks is not lost
+            with self._held_lock:
+                booked, wait_s = self._booked, self._until - time.time()
+            if not booked or wait_s > 0:
+                self._wake.wait(wait_s if booked else None)
+                continue
             with self._lock:
-                wait_s = self._until - time.time()
-                if wait_s <= 0:
+                with self._held_lock:
+                    due = self._booked and time.time() >= self._until
+                if due:
                     self._end_reservation()
-                    self._reserved.clear()
-                    continue
-            time.sleep(wait_s)
 
 
 class _Rate:

@@ -2,6 +2,7 @@
 past its limit, across processes and as the window moves; gives back what it did not spend."""
 
 import multiprocessing
+import threading
 import time
 import uuid
 
@@ -9,8 +10,12 @@ from limits import parse
 from limits.storage import RedisStorage
 from redis import Redis
 
+from hitokoto.errors import ApiError
+from hitokoto.handout import Handout
 from hitokoto.leases import LEASE_S
+from hitokoto.pool import Pool
 from hitokoto.ratelimit import RateLimits
+from hitokoto.reserve import ReservedClaims
 from tests.helpers import client_for, fill, free_port, post
 
 
@@ -91,6 +96,48 @@ def test_one_process_serves_a_leased_limit_exactly_and_answers_429_with_its_head
     # The hits of a lease count from its end (0.6 s for a minute's window): up to 61 s to wait.
     assert 1 <= int(refused.headers["RateLimit-Reset"]) == int(refused.headers["Retry-After"]) <= 61
     assert post(client_for(app, "10.3.3.4"), "/hitokoto-cached").status_code == 200  # per client
+
+
+class _CountingClaims(ReservedClaims):
+    served_from_memory = 0
+
+    def take_held(self):
+        sentence = super().take_held()
+        self.served_from_memory += sentence is not None
+        return sentence
+
+
+def test_threads_served_from_leases_and_held_sentences_get_exactly_the_limit_each_its_own_sentence(
+    redis_url, tmp_path
+):
+    """Most requests are answered from a lease and a reserved sentence without joining a batch;
+    those and the batched ones together are counted once each: the client gets its limit,
+    not one request more or less, and every answer is a different sentence."""
+    pool = Pool(tmp_path / "pool.db")
+    pool.migrate()
+    fill(pool, 6000)  # reservations leave 4,096 unused (reserve.SPARE)
+    claims = _CountingClaims(Pool(pool.path, one_connection=True))
+    limits = RateLimits(redis_url, {"cached": "1024/minute"})
+    handout = Handout(Pool(pool.path, one_connection=True), limits, "cached", claims)
+    answers, refusals = [], []
+
+    def request_repeatedly():
+        for _ in range(160):
+            try:
+                answers.append(handout.take(False, "10.4.4.4")[0].id)
+            except ApiError as error:
+                refusals.append(error.status)
+
+    threads = [threading.Thread(target=request_repeatedly) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert len(answers) == 1024 and len(set(answers)) == 1024
+    assert refusals == [429] * (8 * 160 - 1024)
+    assert claims.served_from_memory > 100
+    handout.give_back()
+    assert pool.counts()[1] == 6000 - 1024 and pool.check_integrity() == []
 
 
 def test_a_leases_hits_are_counted_no_earlier_than_they_are_spent(redis_url):

@@ -59,6 +59,51 @@ def test_a_plain_claim_on_the_holders_connection_leaves_its_reservation_alone(po
     assert pool.counts()[1] == 200 - 9 - 3
 
 
+def _until(pool: Pool) -> float:
+    return pool.connect().execute("SELECT until FROM reservations").fetchone()[0]
+
+
+def test_the_request_that_leaves_few_held_reserves_more_before_the_rest_run_out(pool):
+    fill(pool, 200)
+    claims = _reserving(pool, max_ahead=16, hold_s=30)
+    handed_out = [sentence.id for sentence in claims.claim(1)]  # 8 held
+    first_until = _until(pool)
+    for _ in range(4):  # 4 held: not yet fewer than a quarter of 16
+        handed_out.append(claims.take_held().id)
+    assert pool.counts()[1] == 200 - 8 - 1 - 8
+    handed_out.append(claims.take_held().id)  # 3 held: this request reserves 13 more
+    assert pool.counts()[1] == 200 - 8 - 1 - 8 - 13
+    assert [outstanding for _, outstanding in _holders(pool)] == [13]  # one row, replaced
+    assert _until(pool) > first_until  # the 3 left of the first reservation are held until then
+    while (sentence := claims.take_held()) is not None:
+        handed_out.append(sentence.id)
+    assert len(handed_out) == len(set(handed_out)) >= 1 + 8 + 13
+    assert pool.check_integrity() == []
+
+
+def test_what_a_refill_kept_goes_back_with_the_new_reservation(pool):
+    fill(pool, 200)
+    claims = _reserving(pool, max_ahead=16, hold_s=0.5)
+    handed_out = [sentence.id for sentence in claims.claim(1)]  # 8 held
+    handed_out += [claims.take_held().id for _ in range(5)]  # 3 left, 13 more reserved
+    assert pool.counts()[1] == 200 - 8 - 1 - 8 - 13
+    wait_until(lambda: pool.counts()[1] == 200 - 8 - 6, message="the 16 held sentences back in the pool")
+    assert claims.take_held() is None
+    assert _holders(pool) == [] and pool.check_integrity() == []
+    rest = {sentence.id for sentence in pool.claim_unused_many(500)}
+    assert len(rest) == 200 - 8 - 6 and rest.isdisjoint(handed_out)
+
+
+def test_a_refill_that_finds_the_pool_short_leaves_the_reservation_as_it_was(pool):
+    fill(pool, 200)
+    holder = Pool(pool.path, one_connection=True)
+    holder.claim_ahead("web-1", count=1, ahead=8, spare=0, hold_s=30)
+    until = _until(pool)
+    refill = holder.claim_ahead("web-1", count=0, ahead=8, spare=1000, hold_s=60)
+    assert (refill.now, refill.held) == ([], [])
+    assert _holders(pool) == [("web-1", 8)] and _until(pool) == until
+
+
 def test_what_is_left_of_a_reservation_goes_back_when_its_time_is_up(pool):
     fill(pool, 200)
     claims = _reserving(pool, hold_s=0.3)
@@ -94,15 +139,17 @@ def test_a_small_pool_is_never_reserved(pool):
 
 
 def _drain_with_reservations(path, start_together, results):
-    """Claim 1-3 sentences at a time, as a web process's batches do, until a claim comes back
-    short; report every claim as (started, ended, ids asked for, ids got)."""
+    """Claim 1-3 sentences at a time, as a web process's batches do (one from what is held
+    where it can), until a claim comes back short; report every claim as (started, ended, ids
+    asked for, ids got)."""
     claims = ReservedClaims(Pool(path, one_connection=True), max_ahead=16, spare=0, hold_s=0.5)
     start_together.wait(timeout=60)
     log = []
     while True:
         asked = random.randint(1, 3)
         started = time.time()
-        got = [sentence.id for sentence in claims.claim(asked)]
+        held = claims.take_held() if asked == 1 else None  # a request served from memory, as most are
+        got = [held.id] if held else [sentence.id for sentence in claims.claim(asked)]
         log.append((started, time.time(), asked, got))
         if len(got) < asked:
             break
