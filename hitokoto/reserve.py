@@ -36,12 +36,13 @@ from hitokoto.pool import RESERVATION_GRACE_S, Pool, PoolError, Reservation, Sen
 
 log = logging.getLogger("hitokoto")
 
-# Sentences one process may hold: what a SIGKILL can take out of the no-repeat pool. Held
-# from memory without waiting for the pool (take_held), 32 measured 0.74-0.75 of bare Flask
-# against 0.68-0.69 with 16, whose reserve ran dry while a request reserved more; the web
-# worker's RSS grew 3.4 % over bench/memory.py's 10,000 requests after warm-up with 32, 3.3 %
-# with 16 (bench/FINDINGS.md, twenty-fourth session).
-MAX_AHEAD = 32
+# Sentences one process may hold: what a SIGKILL can take out of the no-repeat pool. Served
+# from memory without waiting for the pool (take_held), 64 measured 0.76 of bare Flask in two
+# runs against 0.71-0.72 with 32 and 0.75 with 128; 16 ran dry while a request reserved more
+# (0.68-0.69, no better than before). The web worker's RSS grew 2.9 and 4.1 % over
+# bench/memory.py's 10,000 requests after warm-up with 64, 3.4 % with 32 (bench/FINDINGS.md,
+# twenty-fourth session).
+MAX_AHEAD = 64
 REFILL_BELOW = 1 / 4  # of MAX_AHEAD: held sentences under which a request reserves more
 SPARE = 4096  # unused sentences a reservation must leave in the pool
 HOLD_S = 1.0  # how long a reservation may be spent before what is left goes back
