@@ -269,6 +269,12 @@ _CLAIM_AHEAD_SQL = _CLAIM_TEMPLATE.format(
     limit="""(SELECT CASE WHEN p.unused_count >= r.now + r.ahead + r.spare THEN r.now + r.ahead ELSE r.now END
                 FROM pool_state AS p, temp.claim_request AS r)"""
 )
+# Which rows a claim ahead ends: its holder's last reservation, and any dead holder's.
+_ENDED_RESERVATIONS = "holder = {holder} OR until < {dead_before}"
+_ENDED_BY_REQUEST = _ENDED_RESERVATIONS.format(
+    holder="(SELECT holder FROM temp.claim_request)",
+    dead_before="(SELECT dead_before FROM temp.claim_request)",
+)
 # Per connection (TEMP objects are private to the connection that makes them): the sentences
 # a claim by this connection passes are copied into temp.taken by the same statement, so the
 # claimed rows are read back without a second transaction on the pool file. They are copied as
@@ -277,12 +283,6 @@ _CLAIM_AHEAD_SQL = _CLAIM_TEMPLATE.format(
 # steps are not what it saves: a claim that kept the GIL throughout was no faster (bench/FINDINGS.md).
 # A claim ahead writes its holder's request to temp.claim_request first, and a second trigger
 # records the reservation from it in the claim's own statement (Pool.claim_ahead).
-# Which rows a claim ahead ends: its holder's last reservation, and any dead holder's.
-_ENDED_RESERVATIONS = "holder = {holder} OR until < {dead_before}"
-_ENDED_BY_REQUEST = _ENDED_RESERVATIONS.format(
-    holder="(SELECT holder FROM temp.claim_request)",
-    dead_before="(SELECT dead_before FROM temp.claim_request)",
-)
 _CAPTURE_TAKEN_SQL = f"""
     CREATE TEMP TABLE IF NOT EXISTS taken (sentences TEXT NOT NULL);
     CREATE TEMP TRIGGER IF NOT EXISTS capture_taken AFTER UPDATE OF clock_floor, floor_id ON main.pool_state
@@ -593,22 +593,23 @@ class Pool:
         and five statements instead, the write lock was held while this thread waited for the
         GIL between them, and the other web processes waited for it (bench/FINDINGS.md)."""
         now = time.time()
+        until, dead_before = now + hold_s, now - RESERVATION_GRACE_S
         try:
             conn = self.connect()
             conn.execute(
                 "INSERT INTO temp.claim_request VALUES (?, ?, ?, ?, ?, ?)",
-                (holder, count, ahead, spare, now + hold_s, now - RESERVATION_GRACE_S),
+                (holder, count, ahead, spare, until, dead_before),
             )
             try:
                 taken = self._claim(conn, _CLAIM_AHEAD_SQL, ())
             finally:
                 conn.execute("DELETE FROM temp.claim_request")
             if not taken and count:  # nothing claimed, so the trigger did not run: end the reservation here
-                conn.execute(_END_RESERVATIONS_SQL, (holder, now - RESERVATION_GRACE_S))
+                conn.execute(_END_RESERVATIONS_SQL, (holder, dead_before))
             others_hold = len(taken) < count and self._others_hold(conn, holder, now)
         except sqlite3.Error as exc:
             raise PoolError(f"sentence pool is busy or unwritable: {exc}") from None
-        return Reservation(taken[:count], taken[count:], now + hold_s, others_hold)
+        return Reservation(taken[:count], taken[count:], until, others_hold)
 
     @staticmethod
     def _others_hold(conn: sqlite3.Connection, holder: str, now: float) -> bool:

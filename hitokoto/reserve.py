@@ -1,11 +1,11 @@
 """No-repeat claims for one web process, bought ahead: while the pool is large, the claim that
 serves a batch of requests also reserves as many sentences as this process handed out in the
 last second (at most MAX_AHEAD), and the next requests are served from memory without
-touching the pool (take_held). Under load that is one pool statement per MAX_AHEAD requests
-instead of one per batch (bench/http_throughput.py); Pool.claim_ahead records the reservation
-in it. The request that leaves fewer than REFILL_BELOW of them held reserves the next ones
-(a refill) while the others go on being served from what is left, so under steady load no
-request waits for the pool.
+touching the pool (take_held). The request that leaves fewer than REFILL_BELOW of them held
+reserves the next ones (a refill) while the others go on being served from what is left, so
+under steady load no request waits for the pool, and the pool file is written once per three
+quarters of MAX_AHEAD requests instead of once per batch (bench/http_throughput.py);
+Pool.claim_ahead records the reservation in that same write.
 
 What keeps the pool's promises (SPEC §3, §5):
 * A reserved sentence is claimed by the pool's own claim, so it is uniformly random and goes
