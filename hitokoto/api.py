@@ -12,7 +12,7 @@ from hitokoto.auth import is_authorized
 from hitokoto.errors import ApiError
 from hitokoto.pool import PoolError
 from hitokoto.queues import enqueue_instant, wait_for_outcome
-from hitokoto.services import services
+from hitokoto.services import Services, services
 
 log = logging.getLogger("hitokoto")
 
@@ -20,7 +20,7 @@ instant_bp = Blueprint("instant", __name__)
 cached_bp = Blueprint("cached", __name__)
 
 
-def _parse_request(flag_name: str) -> bool:
+def _parse_request(flag_name: str, access_token: str) -> bool:
     """Validate content type, JSON shape, field types and the token; return the flag.
 
     Raises ApiError (415, 400, 401). Oversized bodies raise 413 from Werkzeug.
@@ -33,16 +33,16 @@ def _parse_request(flag_name: str) -> bool:
         raise ApiError(400, "The body is not valid JSON.") from None
     if not isinstance(body, dict):
         raise ApiError(400, "The body must be a JSON object.")
-    unknown = sorted(set(body) - {"gptauth", flag_name})
+    unknown = body.keys() - {"gptauth", flag_name}
     if unknown:
-        raise ApiError(400, f"Unknown field(s): {', '.join(unknown)}. Allowed: gptauth, {flag_name}.")
+        raise ApiError(400, f"Unknown field(s): {', '.join(sorted(unknown))}. Allowed: gptauth, {flag_name}.")
     token = body.get("gptauth")
     if token is not None and not isinstance(token, str):
         raise ApiError(400, '"gptauth" must be a string.')
     flag = body.get(flag_name, False)
     if not isinstance(flag, bool):
         raise ApiError(400, f'"{flag_name}" must be true or false.')
-    if not is_authorized(token, services().config.access_token):
+    if not is_authorized(token, access_token):
         raise ApiError(401, "Missing or wrong access token (send it as gptauth).")
     return flag
 
@@ -51,13 +51,13 @@ def _client_address() -> str:
     return request.remote_addr or "unknown"
 
 
-def admit_request(flag_name: str, limit_name: str) -> bool:
+def admit_request(context: Services, flag_name: str, limit_name: str) -> bool:
     """Validate the request, then spend the client's quota; return the flag.
 
     Requests refused here (415, 400, 401) spend no quota: only the limit check follows them.
     """
-    flag = _parse_request(flag_name)
-    services().limits.spend(limit_name, _client_address())
+    flag = _parse_request(flag_name, context.config.access_token)
+    context.limits.spend(limit_name, _client_address())
     return flag
 
 
@@ -80,8 +80,8 @@ _STATUS_BY_JOB_ERROR = {"upstream_error": 502, "unavailable": 503}
 
 @instant_bp.route("/hitokoto", methods=["POST"], provide_automatic_options=False)
 def instant():
-    keep_unused = admit_request("encycle", "instant")
     context = services()
+    keep_unused = admit_request(context, "encycle", "instant")
     if not context.config.model_configured:
         raise ApiError(
             503,
@@ -108,9 +108,10 @@ def instant():
 
 @cached_bp.route("/hitokoto-cached", methods=["POST"], provide_automatic_options=False)
 def cached():
-    recycle = _parse_request("recycle")  # refused here (415, 400, 401): no quota spent
+    context = services()  # looked up once: each lookup goes through Flask's context proxy
+    recycle = _parse_request("recycle", context.config.access_token)  # 415, 400, 401: no quota spent
     try:
-        sentence, recycled = services().handout.take(recycle, _client_address())  # 429 when over
+        sentence, recycled = context.handout.take(recycle, _client_address())  # 429 when over
     except PoolError as exc:
         log.error("cached request: %s", exc)
         raise ApiError(503, "The sentence pool is unavailable; try again shortly.") from None

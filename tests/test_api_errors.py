@@ -66,6 +66,21 @@ def test_bearer_header_is_accepted_instead_of_gptauth(client, pool):
     assert response.status_code == 200
 
 
+@pytest.mark.parametrize(("body_token", "header_token"), [("wrong", ACCESS_TOKEN), (ACCESS_TOKEN, "wrong")])
+def test_either_token_right_is_enough(client, pool, body_token, header_token):
+    fill(pool, 2)
+    headers = {"Authorization": f"Bearer {header_token}"}
+    response = post(client, "/hitokoto-cached", {"gptauth": body_token}, headers=headers)
+    assert response.status_code == 200
+
+
+def test_both_tokens_wrong_gets_401(client, pool):
+    fill(pool, 1)
+    headers = {"Authorization": "Bearer wrong"}
+    response = post(client, "/hitokoto-cached", {"gptauth": "wrong"}, headers=headers)
+    assert_error(response, 401, "unauthorized")
+
+
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(
     "content_type",
