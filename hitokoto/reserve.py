@@ -89,7 +89,7 @@ class ReservedClaims:
         it answers, unless the pool is busy in another thread, while other requests go on
         being served from what is still held."""
         with self._held_lock:
-            if not self._held or time.time() >= self._until:
+            if not self._can_hand_out():
                 return None
             sentence = self._held.popleft()
             self._rate.count(1)
@@ -148,10 +148,14 @@ class ReservedClaims:
         would spend, up to max_ahead held in all. Those still held are then kept until the new
         reservation ends; when the pool is too short to reserve, nothing changes."""
         with self._held_lock:
-            live = self._held and time.time() < self._until
+            live = self._can_hand_out()
             ahead = min(self._rate.ahead(self._max_ahead), self._max_ahead - len(self._held))
         if live and ahead > 0:
             self._keep(self._pool.claim_ahead(self._holder_name(), 0, ahead, self._spare, self._hold_s))
+
+    def _can_hand_out(self) -> bool:  # under self._held_lock
+        """Sentences are held and their reservation has not ended."""
+        return bool(self._held) and time.time() < self._until
 
     def _keep(self, reservation: Reservation, replaces: bool = False) -> None:
         """Hold what `reservation` reserved. One that reserved nothing replaced this process's
