@@ -260,8 +260,12 @@ def test_each_claimed_sentence_keeps_the_time_of_its_own_claim(pool):
     fill(pool, 6)
     first = pool.claim_unused_many(3)
     first_at = {pool.handed_out_at(sentence.id) for sentence in first}
-    while {time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())} == first_at:
-        time.sleep(0.05)  # until the clock's second moves on
+    # Until the clock that stamps the claims, SQLite's, is past that second. Waiting on
+    # Python's clock instead once let the next claim be stamped with the first one's second
+    # (a run two minutes after the machine booted); the two clocks are read separately.
+    clock = pool.connect()
+    while clock.execute("SELECT strftime('%Y-%m-%dT%H:%M:%SZ', 'now')").fetchone()[0] <= max(first_at):
+        time.sleep(0.05)
     second = pool.claim_unused_many(3)
     second_at = {pool.handed_out_at(sentence.id) for sentence in second}
     assert len(first_at) == len(second_at) == 1 and first_at != second_at
