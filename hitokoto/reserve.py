@@ -3,9 +3,11 @@ serves a batch of requests also reserves as many sentences as this process hande
 last second (at most MAX_AHEAD), and the next requests are served from memory without
 touching the pool (take_held). The request that leaves fewer than REFILL_BELOW of them held
 reserves the next ones (a refill) while the others go on being served from what is left, so
-under steady load no request waits for the pool, and the pool file is written once per three
+under steady load few requests wait for the pool, and the pool file is written once per three
 quarters of MAX_AHEAD requests instead of once per batch (bench/http_throughput.py);
-Pool.claim_ahead records the reservation in that same write.
+Pool.claim_ahead records the reservation in that same write. A request that finds nothing
+held while a refill is under way waits for that refill rather than joining a batch that
+would wait for the pool behind it.
 
 What keeps the pool's promises (SPEC §3, §5):
 * A reserved sentence is claimed by the pool's own claim, so it is uniformly random and goes
@@ -75,6 +77,8 @@ class ReservedClaims:
         self._hold_s = hold_s
         self._held_lock = threading.Lock()
         self._held: collections.deque[Sentence] = collections.deque()
+        self._refilling = False  # a refill is under way (under self._held_lock)
+        self._refilled = threading.Condition(self._held_lock)  # notified when it ends
         self._until = 0.0  # Unix time: other processes compare it with theirs
         self._booked = False  # this process has a row in the pool's reservations table
         self._holder = ""  # this process's name in that table, made after gunicorn forks
@@ -87,10 +91,17 @@ class ReservedClaims:
         """One held sentence, without touching the pool; None when none can be handed out now
         (the caller then claims). The request that leaves few held reserves more before
         it answers, unless the pool is busy in another thread, while other requests go on
-        being served from what is still held."""
+        being served from what is still held. When none is left while a refill is under way,
+        the request waits for it (at most hold_s): 1-2.5 % of requests under load did, and
+        as a batch each woke a leader and waited behind the refill for the pool lock
+        (bench/FINDINGS.md, twenty-sixth session)."""
         with self._held_lock:
             if not self._can_hand_out():
-                return None
+                if not self._refilling:
+                    return None
+                self._refilled.wait_for(lambda: not self._refilling, self._hold_s)
+                if not self._can_hand_out():
+                    return None
             sentence = self._held.popleft()
             self._rate.count(1)
             running_low = len(self._held) < self._refill_below
@@ -148,10 +159,16 @@ class ReservedClaims:
         would spend, up to max_ahead held in all. Those still held are then kept until the new
         reservation ends; when the pool is too short to reserve, nothing changes."""
         with self._held_lock:
-            live = self._can_hand_out()
             ahead = min(self._rate.ahead(self._max_ahead), self._max_ahead - len(self._held))
-        if live and ahead > 0:
+            if not (self._can_hand_out() and ahead > 0):
+                return
+            self._refilling = True
+        try:
             self._keep(self._pool.claim_ahead(self._holder_name(), 0, ahead, self._spare, self._hold_s))
+        finally:
+            with self._held_lock:
+                self._refilling = False
+                self._refilled.notify_all()
 
     def _can_hand_out(self) -> bool:  # under self._held_lock
         """Sentences are held and their reservation has not ended."""

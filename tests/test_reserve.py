@@ -5,6 +5,7 @@ import multiprocessing
 import os
 import random
 import signal
+import threading
 import time
 
 import pytest
@@ -79,6 +80,75 @@ def test_the_request_that_leaves_few_held_reserves_more_before_the_rest_run_out(
         handed_out.append(sentence.id)
     assert len(handed_out) == len(set(handed_out)) >= 1 + 8 + 13
     assert pool.check_integrity() == []
+
+
+class _RefillGate(Pool):
+    """A holder's pool whose refills (claims ahead of none for now) wait until `opened`."""
+
+    def __init__(self, path):
+        super().__init__(path, one_connection=True)
+        self.refilling, self.opened = threading.Event(), threading.Event()
+
+    def claim_ahead(self, holder, count, ahead, spare, hold_s):
+        if count == 0:
+            self.refilling.set()
+            assert self.opened.wait(10)
+        return super().claim_ahead(holder, count, ahead, spare, hold_s)
+
+
+def test_a_request_that_finds_nothing_held_during_a_refill_waits_for_it_instead_of_claiming(pool):
+    fill(pool, 200)
+    gate = _RefillGate(pool.path)
+    claims = ReservedClaims(gate, max_ahead=16, spare=0, hold_s=30)
+    claims.claim(8)
+    claims.claim(1)  # 8 held
+    handed_out = [claims.take_held().id for _ in range(4)]
+    refiller = _Request(claims)  # leaves 3 held: reserves 13 more, held up at the gate
+    assert gate.refilling.wait(10)
+    handed_out += [claims.take_held().id for _ in range(3)]  # the others go on meanwhile
+    waiting = _Request(claims)  # finds nothing held
+    waiting.join(0.3)
+    assert waiting.is_alive()  # neither answered empty-handed nor claiming behind the refill
+    gate.opened.set()
+    refiller.join(10)
+    waiting.join(10)
+    handed_out += [refiller.sentence.id, waiting.sentence.id]
+    assert pool.counts()[1] == 200 - 8 - 1 - 8 - 13  # the refill's claim and no other
+    assert len(set(handed_out)) == 9
+    assert pool.check_integrity() == []
+
+
+def test_a_request_waiting_for_a_refill_that_brings_nothing_is_answered_at_once(pool):
+    fill(pool, 200)
+    gate = _RefillGate(pool.path)
+    claims = ReservedClaims(gate, max_ahead=16, spare=0, hold_s=30)
+    claims.claim(8)
+    claims.claim(1)  # 8 held
+    for _ in range(4):
+        claims.take_held()
+    refiller = _Request(claims)
+    assert gate.refilling.wait(10)
+    for _ in range(3):
+        claims.take_held()
+    waiting = _Request(claims)
+    waiting.join(0.3)
+    assert waiting.is_alive()
+    pool.claim_unused_many(500)  # another process drains the pool: the refill reserves nothing
+    gate.opened.set()
+    waiting.join(10)  # well before the reservation's 30 s
+    assert not waiting.is_alive() and waiting.sentence is None  # the caller then claims
+    refiller.join(10)
+    assert refiller.sentence is not None
+
+
+class _Request(threading.Thread):
+    def __init__(self, claims: ReservedClaims):
+        super().__init__(daemon=True)
+        self.claims, self.sentence = claims, None
+        self.start()
+
+    def run(self):
+        self.sentence = self.claims.take_held()
 
 
 def test_what_a_refill_kept_goes_back_with_the_new_reservation(pool):
