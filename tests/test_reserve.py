@@ -96,7 +96,9 @@ class _RefillGate(Pool):
         return super().claim_ahead(holder, count, ahead, spare, hold_s)
 
 
-def test_a_request_that_finds_nothing_held_during_a_refill_waits_for_it_instead_of_claiming(pool):
+def _waiting_behind_a_gated_refill(pool: Pool):
+    """A holder with nothing held while its refill waits at the gate, and a request that
+    came meanwhile and is waiting: (gate, refilling request, waiting request, ids handed out)."""
     fill(pool, 200)
     gate = _RefillGate(pool.path)
     claims = ReservedClaims(gate, max_ahead=16, spare=0, hold_s=30)
@@ -109,6 +111,11 @@ def test_a_request_that_finds_nothing_held_during_a_refill_waits_for_it_instead_
     waiting = _Request(claims)  # finds nothing held
     waiting.join(0.3)
     assert waiting.is_alive()  # neither answered empty-handed nor claiming behind the refill
+    return gate, refiller, waiting, handed_out
+
+
+def test_a_request_that_finds_nothing_held_during_a_refill_waits_for_it_instead_of_claiming(pool):
+    gate, refiller, waiting, handed_out = _waiting_behind_a_gated_refill(pool)
     gate.opened.set()
     refiller.join(10)
     waiting.join(10)
@@ -119,20 +126,7 @@ def test_a_request_that_finds_nothing_held_during_a_refill_waits_for_it_instead_
 
 
 def test_a_request_waiting_for_a_refill_that_brings_nothing_is_answered_at_once(pool):
-    fill(pool, 200)
-    gate = _RefillGate(pool.path)
-    claims = ReservedClaims(gate, max_ahead=16, spare=0, hold_s=30)
-    claims.claim(8)
-    claims.claim(1)  # 8 held
-    for _ in range(4):
-        claims.take_held()
-    refiller = _Request(claims)
-    assert gate.refilling.wait(10)
-    for _ in range(3):
-        claims.take_held()
-    waiting = _Request(claims)
-    waiting.join(0.3)
-    assert waiting.is_alive()
+    gate, refiller, waiting, _ = _waiting_behind_a_gated_refill(pool)
     pool.claim_unused_many(500)  # another process drains the pool: the refill reserves nothing
     gate.opened.set()
     waiting.join(10)  # well before the reservation's 30 s
