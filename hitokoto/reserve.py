@@ -97,8 +97,7 @@ class ReservedClaims:
         (bench/FINDINGS.md, twenty-sixth session)."""
         with self._held_lock:
             if not self._can_hand_out():
-                if not self._refilling:
-                    return None
+                # Returns at once when no refill is under way.
                 self._refilled.wait_for(lambda: not self._refilling, self._hold_s)
                 if not self._can_hand_out():
                     return None
