@@ -2,10 +2,16 @@
 for POST /hitokoto-cached, for a bare Flask JSON endpoint, and for the endpoint with its
 rate limit, its claim or both made free (bench/free_steps_app.py).
 
-valgrind's callgrind counts instructions, not seconds, so these figures come out the same on a
-busy machine as on an idle one, unlike the requests/s of http_throughput.py. What they leave
-out is as telling: time in the kernel (system calls) and what contention costs (cache misses,
-threads waiting for the GIL or a lock), which is the rest of http_throughput.py's figure.
+valgrind's callgrind counts instructions, not seconds, so these figures move far less with a
+busy machine than the requests/s of http_throughput.py. They still moved with its speed: the
+same code counted 1.31 M and 1.42 M per request on two days (bench/FINDINGS.md,
+twenty-seventh session), most likely because each web process reserves sentences and leases
+quota by the last second's traffic (a lease also ends after 0.6 s), and under valgrind a slower
+machine serves fewer requests per second, so each refill and lease serves fewer requests.
+Compare rows of one run, not runs of two days.
+What they leave out is as telling: time in the kernel (system calls) and what contention
+costs (cache misses, threads waiting for the GIL or a lock), which is the rest of
+http_throughput.py's figure.
 
 Each row starts gunicorn (gunicorn.conf.py: 4 workers × 32 threads here) under callgrind
 twice. Both runs serve the same warm-up, then --requests and 3 × --requests requests from
