@@ -82,6 +82,16 @@ def test_the_request_that_leaves_few_held_reserves_more_before_the_rest_run_out(
     assert pool.check_integrity() == []
 
 
+class _Request(threading.Thread):
+    def __init__(self, claims: ReservedClaims):
+        super().__init__(daemon=True)
+        self.claims, self.sentence = claims, None
+        self.start()
+
+    def run(self):
+        self.sentence = self.claims.take_held()
+
+
 class _RefillGate(Pool):
     """A holder's pool whose refills (claims ahead of none for now) wait until `opened`."""
 
@@ -133,16 +143,6 @@ def test_a_request_waiting_for_a_refill_that_brings_nothing_is_answered_at_once(
     assert not waiting.is_alive() and waiting.sentence is None  # the caller then claims
     refiller.join(10)
     assert refiller.sentence is not None
-
-
-class _Request(threading.Thread):
-    def __init__(self, claims: ReservedClaims):
-        super().__init__(daemon=True)
-        self.claims, self.sentence = claims, None
-        self.start()
-
-    def run(self):
-        self.sentence = self.claims.take_held()
 
 
 def test_what_a_refill_kept_goes_back_with_the_new_reservation(pool):
