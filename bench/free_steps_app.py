@@ -13,15 +13,21 @@ code.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 from hitokoto import create_app
+from hitokoto.answer import sentence_body
 from hitokoto.handout import Handout
 from hitokoto.pool import Pool, Sentence
 
-SENTENCE = Sentence(
+_PLAIN = Sentence(
     1, "0" * 32, "风停了，旗子才想起自己是旗子。", "batch", "bench", "2026-11-26T00:00:00Z", False
 )
+# Answered as the product answers a claimed sentence: with the body made when it was claimed.
+_BODY = sentence_body(vars(_PLAIN), False)
+_ANSWER = json.dumps(_BODY, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+SENTENCE = dataclasses.replace(_PLAIN, answer=_ANSWER)
 
 
 class AdmitAll:

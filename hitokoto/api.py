@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, current_app, jsonify, request
 from redis.exceptions import RedisError
 
+from hitokoto.answer import sentence_body
 from hitokoto.auth import is_authorized
 from hitokoto.errors import ApiError
 from hitokoto.pool import PoolError
@@ -61,20 +62,6 @@ def admit_request(context: Services, flag_name: str, limit_name: str) -> bool:
     return flag
 
 
-def sentence_body(sentence: dict, recycled: bool) -> dict:
-    """The success body: hitokoto-API field names plus the seed's `result`."""
-    return {
-        "hitokoto": sentence["text"],
-        "result": sentence["text"],
-        "id": sentence["id"],
-        "uuid": sentence["uuid"],
-        "length": len(sentence["text"]),
-        "source": sentence["source"],
-        "recycled": recycled,
-        "created_at": sentence["created_at"],
-    }
-
-
 _STATUS_BY_JOB_ERROR = {"upstream_error": 502, "unavailable": 503}
 
 
@@ -117,5 +104,7 @@ def cached():
         raise ApiError(503, "The sentence pool is unavailable; try again shortly.") from None
     if sentence is None:
         raise ApiError(503, "The pool is empty; fill it with `python batch.py -n 200`.", code="pool_empty")
+    if sentence.answer is not None and not recycled:  # made by SQLite when it was claimed
+        return current_app.response_class(f"{sentence.answer}\n", mimetype=current_app.json.mimetype)
     # vars(): a flat dataclass's fields as a dict; dataclasses.asdict deep-copies (~15 µs)
     return jsonify(sentence_body(vars(sentence), recycled=recycled))

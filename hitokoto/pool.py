@@ -35,6 +35,8 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from hitokoto.answer import ANSWER_SEPARATOR, CLAIMED_ANSWER_SQL
+
 BUSY_TIMEOUT_MS = 5000
 # Start-up waits this long for the write lock: another process may be migrating a large
 # pool (migration 4 queued 5 million unused sentences in 18 s here; migration 5 moved 1
@@ -206,6 +208,8 @@ class Sentence:
     model: str
     created_at: str
     used: bool  # its hand-out time is Pool.handed_out_at(id): nothing served needs it
+    # Set on a claimed sentence: its success body as JSON, made by SQLite (hitokoto.answer).
+    answer: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,14 +285,17 @@ _ENDED_BY_REQUEST = _ENDED_RESERVATIONS.format(
 # one JSON array, one row to read back: 3 sqlite3 steps and resets instead of k + 2 (the claim
 # alone went from 0.58 to 0.63 of bare Flask under load, A/B). The GIL releases around those
 # steps are not what it saves: a claim that kept the GIL throughout was no faster (bench/FINDINGS.md).
+# Beside them go the sentences' success bodies (hitokoto.answer), in the same order, joined by
+# ANSWER_SEPARATOR, which JSON text never holds raw: nested in the array as strings, they cost
+# twice as much to build and to parse (bench/FINDINGS.md, twenty-eighth session).
 # A claim ahead writes its holder's request to temp.claim_request first, and a second trigger
 # records the reservation from it in the claim's own statement (Pool.claim_ahead).
 _CAPTURE_TAKEN_SQL = f"""
-    CREATE TEMP TABLE IF NOT EXISTS taken (sentences TEXT NOT NULL);
+    CREATE TEMP TABLE IF NOT EXISTS taken (sentences TEXT NOT NULL, answers TEXT NOT NULL);
     CREATE TEMP TRIGGER IF NOT EXISTS capture_taken AFTER UPDATE OF clock_floor, floor_id ON main.pool_state
     BEGIN
         INSERT INTO taken
-        SELECT json_group_array(json_array({_ROW_COLUMNS}))
+        SELECT json_group_array(json_array({_ROW_COLUMNS})), group_concat({CLAIMED_ANSWER_SQL}, char(30))
           FROM sentence_rows
          WHERE handed_out_at IS NULL
            AND (clock, id) > (old.clock_floor, old.floor_id)
@@ -307,7 +314,7 @@ _CAPTURE_TAKEN_SQL = f"""
          WHERE old.unused_count - new.unused_count > now;
     END;
 """
-_DRAIN_TAKEN_SQL = "DELETE FROM temp.taken RETURNING sentences"
+_DRAIN_TAKEN_SQL = "DELETE FROM temp.taken RETURNING sentences, answers"
 _END_RESERVATIONS_SQL = "DELETE FROM reservations WHERE " + _ENDED_RESERVATIONS.format(
     holder="?", dead_before="?"
 )
@@ -570,7 +577,11 @@ class Pool:
         conn.execute(claim_sql, parameters)
         floor_raised = conn.total_changes != changes_before
         captured = conn.execute(_DRAIN_TAKEN_SQL).fetchall()
-        claimed = [Sentence(*fields, used=True) for (batch,) in captured for fields in json.loads(batch)]
+        claimed = [
+            Sentence(*fields, used=True, answer=answer)
+            for batch, answers in captured
+            for fields, answer in zip(json.loads(batch), answers.split(ANSWER_SEPARATOR), strict=True)
+        ]
         if floor_raised and not claimed:  # the claim cannot tell what it took
             raise PoolError("sentence pool connection lost its capture trigger; restart")
         random.shuffle(claimed)  # whatever order SQLite hands the rows back in
