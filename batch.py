@@ -7,7 +7,8 @@ lacks of N unused sentences (read from the pool file, so it runs where the servi
 counting the batch jobs still queued or running as on their way. --status only shows the
 pool's counts, the batch jobs waiting, running and failed, and the workers listening.
 Exit status: 0 when at least one new sentence was added (or --fill-to found nothing to
-add), 1 when nothing could be generated, 2 on configuration, pool or Redis errors.
+add), 1 when nothing could be generated, 2 on configuration, pool or Redis errors, 141
+when whoever reads the output stops reading it (a pipe into `head`).
 
 It talks to the service's Redis: REDIS_URL (environment or .env) or config.json's redis_url
 when set, else the private Redis that ./run.sh starts (it leaves the URL in data/redis/url,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import sys
 import time
 
@@ -294,5 +296,19 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"lost connection to Redis at {redacted_url(config.redis_url)}")
 
 
+def exit_quietly_if_no_one_reads(run) -> int:
+    """run(), ending with status 141 (as a command killed by SIGPIPE) instead of a traceback
+    when whoever reads the output stops early (`batch.py --status | head -1`). Python's own
+    recipe: the last flush is made here, and stdout then points at /dev/null so that the
+    one at exit cannot fail again."""
+    try:
+        status = run()
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_quietly_if_no_one_reads(main))

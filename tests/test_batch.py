@@ -215,6 +215,23 @@ def test_status_shows_the_pool_the_batch_queue_and_the_workers(service_dir, shar
     ]
 
 
+def test_status_read_by_a_reader_that_stops_early_ends_without_a_traceback(service_dir, shared_pool):
+    """`batch.py --status | head -1`: here the reader closes the pipe before batch.py, still
+    starting, has written a line."""
+    process = subprocess.Popen(
+        [sys.executable, str(PROJECT_DIR / "batch.py"), "--status"],
+        cwd=PROJECT_DIR,
+        env=service_env(service_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert process.wait(timeout=60) == 141
+    assert stderr == ""
+
+
 def test_fill_to_without_the_pool_file_says_so_and_creates_nothing(service_dir, tmp_path):
     elsewhere = tmp_path / "not-here" / "pool.db"
     result = run_batch_with(
