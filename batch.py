@@ -296,13 +296,13 @@ def main(argv: list[str] | None = None) -> int:
         fail(f"lost connection to Redis at {redacted_url(config.redis_url)}")
 
 
-def exit_quietly_if_no_one_reads(run) -> int:
-    """run(), ending with status 141 (as a command killed by SIGPIPE) instead of a traceback
+def exit_quietly_if_no_one_reads(command) -> int:
+    """command(), ending with status 141 (as a command killed by SIGPIPE) instead of a traceback
     when whoever reads the output stops early (`batch.py --status | head -1`). Python's own
     recipe: the last flush is made here, and stdout then points at /dev/null so that the
     one at exit cannot fail again."""
     try:
-        status = run()
+        status = command()
         sys.stdout.flush()
         return status
     except BrokenPipeError:
