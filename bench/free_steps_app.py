@@ -55,8 +55,8 @@ class OneSentence:
     def give_back(self) -> None:
         pass
 
-    def pick_any(self) -> Sentence:
-        return SENTENCE
+    def pick_block(self, size: int) -> list[tuple[int, Sentence]]:
+        return [(place, SENTENCE) for place in range(size)]
 
 
 class GilReleasesOnly(OneSentence):

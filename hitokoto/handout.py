@@ -12,7 +12,9 @@ is still counted and judged on its own, and gets its own uniformly random unused
 Most requests under load need neither: a request whose client has quota leased to this
 process (hitokoto.leases) and for which a reserved sentence is held is answered from memory
 at once, without joining a batch, so it never waits for a leader that is waiting on Redis or
-the pool (bench/FINDINGS.md, twenty-fourth session).
+the pool (bench/FINDINGS.md, twenty-fourth session). `recycle` picks, and the answers of
+requests that find no unused sentence left, are drawn from blocks of the pool read ahead
+(hitokoto.picks).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import threading
 from limits.strategies import MovingWindowRateLimiter
 
 from hitokoto.combine import Combiner
+from hitokoto.picks import RecyclePicks
 from hitokoto.pool import Pool, Sentence
 from hitokoto.ratelimit import RateLimits
 from hitokoto.reserve import ReservedClaims
@@ -48,6 +51,7 @@ class Handout:
         self._pool = pool
         self._pool_lock = threading.RLock()
         self._claims = claims or ReservedClaims(pool, self._pool_lock)
+        self._recycle_picks = RecyclePicks(pool)  # used under self._pool_lock
         self._limits = limits
         self._limit_name = limit_name
         self._combiner = Combiner(self._serve)
@@ -90,12 +94,12 @@ class Handout:
             if not allowed:  # refused requests claim nothing
                 answers.append(_Refused(limiter))
             elif recycle:  # "重样": anything from the whole pool, marking nothing
-                sentence = self._pool.pick_any()
+                sentence = self._recycle_picks.pick()
                 answers.append((sentence, bool(sentence and sentence.used)))
             elif (sentence := next(claimed, None)) is not None:
                 answers.append((sentence, False))
             else:  # no unused sentence was left for this request: the seed's fallback
-                answers.append((self._pool.pick_any(), True))
+                answers.append((self._recycle_picks.pick(), True))
         return answers
 
     def give_back(self) -> None:

@@ -330,11 +330,15 @@ _GIVE_BACK_SQL = f"""
     UPDATE sentence_rows SET clock = (SELECT clock_floor FROM pool_state) + exponential_clock()
      WHERE id IN (SELECT value FROM json_each(?)) AND {_CLAIMED}
 """
-_PICK_SQL = f"""
-    SELECT {_SENTENCE_COLUMNS} FROM sentences
-     WHERE id = (SELECT low + abs(random()) % (high - low + 1)
-                   FROM (SELECT (SELECT MIN(id) FROM sentence_rows) AS low,
-                                (SELECT MAX(id) FROM sentence_rows) AS high))
+# The ids of a pool are cut into blocks of `size` from the smallest; one block drawn uniformly:
+# each of its sentences with its place in the block (hitokoto.picks). No rows when the pool is
+# empty (or, if ids ever had holes, when the block is one).
+_BLOCK_SQL = f"""
+    WITH block AS MATERIALIZED (SELECT low + abs(random()) % ((high - low) / :size + 1) * :size AS first_id
+                     FROM (SELECT (SELECT MIN(id) FROM sentence_rows) AS low,
+                                  (SELECT MAX(id) FROM sentence_rows) AS high))
+    SELECT id - first_id, {_SENTENCE_COLUMNS} FROM block JOIN sentences
+        ON id BETWEEN first_id AND first_id + :size - 1
 """
 
 
@@ -650,23 +654,15 @@ class Pool:
 
         return self._write(work)
 
-    def pick_any(self) -> Sentence | None:
-        """A uniformly random sentence from the whole pool, marking nothing; None when empty.
-
-        Ids are dense (rows are never deleted), so a random id in [min, max] hits a row; a miss
-        is redrawn, which keeps the pick exact even if holes ever appear.
-        """
-        conn = self.connect()
+    def pick_block(self, size: int) -> list[tuple[int, Sentence]]:
+        """A uniformly random block of `size` consecutive ids, marking nothing: each sentence it
+        holds with its place in it (0 to size - 1). Empty when the pool is. One statement,
+        which reads a leaf page or two of the pool file (hitokoto.picks)."""
         try:
-            for _attempt in range(64):
-                row = conn.execute(_PICK_SQL).fetchone()
-                if row is not None:
-                    return _to_sentence(row)
-                if self.is_empty():
-                    return None
+            rows = self.connect().execute(_BLOCK_SQL, {"size": size}).fetchall()
         except sqlite3.Error as exc:
             raise PoolError(f"sentence pool cannot be read: {exc}") from None
-        raise PoolError("sentence pool ids are too sparse to pick from")
+        return [(row[0], _to_sentence(row[1:])) for row in rows]
 
     # -- reads ------------------------------------------------------------------
 

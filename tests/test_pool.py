@@ -23,7 +23,7 @@ def pool(tmp_path):
 
 def test_empty_pool_has_nothing_to_claim_or_pick(pool):
     assert pool.claim_unused() is None
-    assert pool.pick_any() is None
+    assert pool.pick_block(16) == []
     assert pool.counts() == (0, 0)
 
 
@@ -48,10 +48,14 @@ def test_claimed_sentences_come_back_exactly_as_stored_whatever_they_hold(pool):
     assert all(sentence == pool.get(sentence.id) for sentence in claimed)
 
 
-def test_pick_any_marks_nothing(pool):
+def test_a_picked_block_holds_consecutive_ids_in_place_and_marks_nothing(pool):
     fill(pool, 5)
     for _ in range(20):
-        assert pool.pick_any() is not None
+        block = pool.pick_block(4)
+        first_id = block[0][1].id - block[0][0]
+        assert first_id in (1, 5)  # ids 1-4 or 5 (the last block: one sentence, three empty places)
+        assert all(sentence == pool.get(first_id + place) for place, sentence in block)
+        assert len(block) == (4 if first_id == 1 else 1)
     assert pool.counts() == (5, 5)
 
 
