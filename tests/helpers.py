@@ -75,6 +75,13 @@ def assert_rate_limited(response, limit: int) -> None:
     assert 1 <= int(response.headers["RateLimit-Reset"]) <= 60
 
 
+def new_pool(directory, pool_class: type[Pool] = Pool) -> Pool:
+    """An empty pool file of the current schema in `directory`."""
+    pool = pool_class(directory / "pool.db")
+    pool.migrate()
+    return pool
+
+
 def fill(pool: Pool, count: int, prefix: str = "池中句") -> tuple[int, int]:
     """Add `count` unique unused sentences; returns the pool's (total, unused) counts."""
     pool.add_batch([f"{prefix}{number}号：答案藏在问题里" for number in range(count)], model="fill")

@@ -9,14 +9,12 @@ import pytest
 
 from hitokoto.picks import RecyclePicks
 from hitokoto.pool import Pool
-from tests.helpers import client_for, fill, post
+from tests.helpers import client_for, fill, new_pool, post
 
 
 @pytest.fixture
 def pool(tmp_path):
-    store = Pool(tmp_path / "pool.db")
-    store.migrate()
-    return store
+    return new_pool(tmp_path)
 
 
 class CountingPool(Pool):
@@ -44,8 +42,7 @@ def test_picks_are_uniform_even_when_blocks_end_part_read(pool):
 
 
 def test_one_block_read_serves_many_picks(tmp_path):
-    counting = CountingPool(tmp_path / "pool.db")
-    counting.migrate()
+    counting = new_pool(tmp_path, CountingPool)
     fill(counting, 1600)
     picks = RecyclePicks(counting, block_size=16, open_blocks=64, clock=lambda: 0.0)
     picked = [picks.pick() for _ in range(4096)]

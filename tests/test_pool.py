@@ -11,14 +11,12 @@ import pytest
 
 from hitokoto import pool as pool_module
 from hitokoto.pool import MIGRATIONS, Pool, PoolError, normalize_key
-from tests.helpers import fill
+from tests.helpers import fill, new_pool
 
 
 @pytest.fixture
 def pool(tmp_path):
-    store = Pool(tmp_path / "pool.db")
-    store.migrate()
-    return store
+    return new_pool(tmp_path)
 
 
 def test_empty_pool_has_nothing_to_claim_or_pick(pool):
