@@ -9,6 +9,7 @@ SIGTERM/SIGINT let running jobs finish; a crashed process is restarted.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -32,6 +33,7 @@ from hitokoto.startup import fail, fail_redis_unreachable, load_config_or_exit, 
 
 log = logging.getLogger("hitokoto.worker")
 RESTART_DELAY_S = 2
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # RQ heartbeats every WORKER_TTL_S - 15 seconds while idle; the web app counts registered
 # workers, so a short TTL makes a lost registration come back (and a dead one go) quickly.
 WORKER_TTL_S = 20
@@ -130,8 +132,9 @@ class ResilientWorker(SimpleWorker):
 
 def run_worker(worker_name: str, queue_names: list[str], burst: bool) -> None:
     """Body of one worker process: a SimpleWorker on the given queues, in priority order."""
-    for signum in (signal.SIGTERM, signal.SIGINT):  # not the supervisor's handler; RQ sets its own
+    for signum in STOP_SIGNALS:  # not the supervisor's handler; RQ sets its own
         signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # held while a restart forked this process
     try:  # config, pool and SDK client, built once before any job
         context = hitokoto.jobs.worker_context()
     except (ConfigError, PoolError) as exc:
@@ -173,8 +176,8 @@ def supervise(redis_url: str, plans: list[list[str]], burst: bool) -> int:
             if process.is_alive():
                 _kill(process, signum)  # RQ ignores a duplicate within 1 s (e.g. Ctrl-C)
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, stop)
     while True:
         for index, process in enumerate(processes):
             process.join(timeout=0.2)
@@ -183,9 +186,23 @@ def supervise(redis_url: str, plans: list[list[str]], burst: bool) -> int:
             log.warning("worker %s exited with %s; restarting", process.name, process.exitcode)
             _recover(redis_url, process)
             time.sleep(RESTART_DELAY_S)
-            processes[index] = _start(plans[index], burst)
+            with _stop_signals_held():  # a stop meanwhile starts nothing; one from now on stops it
+                if not stopping:
+                    processes[index] = _start(plans[index], burst)
         if not any(process.is_alive() for process in processes) and (stopping or burst):
             return 0
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Stop signals wait until the block ends: a process started in it is in the supervisor's
+    list before its stop handler can run, and the child starts with them held until it has
+    set its own handlers (run_worker), so neither misses one."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
 
 
 def _kill(process: multiprocessing.Process, signum: int) -> None:

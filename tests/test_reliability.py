@@ -37,7 +37,16 @@ from tests.conftest import (
     stop_process,
 )
 from tests.fake_model import Script
-from tests.helpers import ACCESS_TOKEN, client_for, fill, free_port, no_worker_redis_url, post, wait_until
+from tests.helpers import (
+    ACCESS_TOKEN,
+    assert_stays,
+    client_for,
+    fill,
+    free_port,
+    no_worker_redis_url,
+    post,
+    wait_until,
+)
 
 # -- model faults, through the real SDK ------------------------------------------------
 
@@ -238,6 +247,34 @@ def test_sigterm_lets_the_current_job_finish(stack, fake_model):
     assert stack.pool.counts()[0] == 1
     stack.workers = None
     assert_clean_log(stack.log_path.read_text())
+
+
+def test_sigterm_while_a_worker_restarts_stops_everything(stack):
+    """A stop that comes while the supervisor waits to restart a crashed worker process must
+    stop the one it then starts too: it used to start it unsignalled, wait for it forever, and
+    leave it running once killed itself (found as an orphan worker after a test run)."""
+    stack.start_workers("--workers", "0", "--instant-workers", "1", count=1)
+    (child,) = stack.worker_children()
+    os.kill(child, signal.SIGKILL)
+    wait_until(lambda: "restarting" in stack.log_path.read_text(), message="the supervisor to see the crash")
+    stack.workers.send_signal(signal.SIGTERM)  # within its RESTART_DELAY_S
+    stack.workers.wait(timeout=30)
+    assert stack.workers.returncode == 0
+    stack.workers = None
+    assert_stays(lambda: not processes_with_config(stack.config_path), for_s=3, message="no worker left")
+
+
+def processes_with_config(config_path: Path) -> list[int]:
+    """Live processes started with HITOKOTO_CONFIG=config_path (a test's own workers)."""
+    wanted = f"HITOKOTO_CONFIG={config_path}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and wanted in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
 
 
 # -- pool faults ------------------------------------------------------------------------
