@@ -16,7 +16,7 @@ from hitokoto.leases import LEASE_S
 from hitokoto.pool import Pool
 from hitokoto.ratelimit import RateLimits
 from hitokoto.reserve import ReservedClaims
-from tests.helpers import client_for, fill, free_port, post
+from tests.helpers import client_for, fill, free_port, new_pool, post
 
 
 def _allowed(limits: RateLimits, clients: list[str]) -> int:
@@ -113,8 +113,7 @@ def test_threads_served_from_leases_and_held_sentences_get_exactly_the_limit_eac
     """Most requests are answered from a lease and a reserved sentence without joining a batch;
     those and the batched ones together are counted once each: the client gets its limit,
     not one request more or less, and every answer is a different sentence."""
-    pool = Pool(tmp_path / "pool.db")
-    pool.migrate()
+    pool = new_pool(tmp_path)
     fill(pool, 6000)  # reservations leave 4,096 unused (reserve.SPARE)
     claims = _CountingClaims(Pool(pool.path, one_connection=True))
     limits = RateLimits(redis_url, {"cached": "1024/minute"})

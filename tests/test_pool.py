@@ -142,8 +142,7 @@ def _drain(path, start_together, results):
 
 def test_concurrent_processes_never_receive_the_same_unused_sentence(tmp_path):
     """Six processes drain a 500-sentence pool at once: each sentence goes out exactly once."""
-    store = Pool(tmp_path / "pool.db")
-    store.migrate()
+    store = new_pool(tmp_path)
     fill(store, 500)
     store.close()
     context = multiprocessing.get_context("spawn")

@@ -12,14 +12,12 @@ import pytest
 
 from hitokoto.pool import RESERVATION_GRACE_S, Pool
 from hitokoto.reserve import ReservedClaims
-from tests.helpers import fill, wait_until
+from tests.helpers import fill, new_pool, wait_until
 
 
 @pytest.fixture
 def pool(tmp_path):
-    store = Pool(tmp_path / "pool.db")
-    store.migrate()
-    return store
+    return new_pool(tmp_path)
 
 
 def _holders(pool: Pool) -> list[tuple[str, int]]:
@@ -227,8 +225,7 @@ def test_processes_draining_through_reservations_hand_out_each_sentence_once_bef
     """Four processes reserve ahead until the pool is empty. Every sentence is handed out
     exactly once, and once any claim has come back short (a request answered `recycled`), no
     claim started later gets a fresh sentence: the others' reservations were waited for."""
-    store = Pool(tmp_path / "pool.db")
-    store.migrate()
+    store = new_pool(tmp_path)
     fill(store, 3000)
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
