@@ -1,9 +1,10 @@
 """POST /hitokoto-cached with its shared-state steps made free, to price each one under load
 (bench/http_throughput.py). The app is the product's own, from create_app(); only its
 hand-out gets stand-ins: "limit" admits every request without Redis, "claim" hands out one
-fixed sentence without SQLite, and "sqlite" does the same but first releases the GIL as
-often as a real claim does (the sqlite3 module releases it around every step and reset), to
-show how much of the claim's price under load is those releases rather than SQLite's work.
+fixed sentence without SQLite, and "sqlite" does the same but, as often as the product
+refills what it holds (hitokoto.reserve), releases the GIL as often as a refill does (the
+sqlite3 module releases it around every step, reset and column read), to show how much of
+the claim's price under load is those releases rather than SQLite's work.
 Routing, the body and token checks, the group commit and the JSON answer are the product's
 code.
 
@@ -13,6 +14,7 @@ code.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import time
 
@@ -20,6 +22,7 @@ from hitokoto import create_app
 from hitokoto.answer import sentence_body
 from hitokoto.handout import Handout
 from hitokoto.pool import Pool, Sentence
+from hitokoto.reserve import MAX_AHEAD, REFILL_BELOW
 
 _PLAIN = Sentence(
     1, "0" * 32, "风停了，旗子才想起自己是旗子。", "batch", "bench", "2026-11-26T00:00:00Z", False
@@ -60,18 +63,22 @@ class OneSentence:
 
 
 class GilReleasesOnly(OneSentence):
-    """OneSentence that releases the GIL as often as Pool.claim_unused_many does: a step and
-    a reset for the claim, two steps and a reset to read the claimed sentences back."""
+    """OneSentence, except that one take in REFILL_EVERY first releases the GIL as often as
+    the product's refill (Pool.claim_ahead) does: four statements of five releases each, and
+    four more to read the claimed sentences back (counted with a uprobe on
+    PyEval_SaveThread, bench/FINDINGS.md, thirtieth session)."""
 
-    RELEASES_PER_CLAIM = 5
+    RELEASES_PER_REFILL = 24
+    REFILL_EVERY = round(MAX_AHEAD * (1 - REFILL_BELOW))  # what one refill reserves under load
 
-    def claim(self, count: int) -> list[Sentence]:
-        for _ in range(self.RELEASES_PER_CLAIM):
-            time.sleep(0)  # releases the GIL and takes it back, like a short sqlite3 call
-        return super().claim(count)
+    def __init__(self):
+        self._takes = itertools.count()  # next() on it is atomic: threads share it
 
-    def take_held(self) -> None:
-        return None  # every request claims
+    def take_held(self) -> Sentence:
+        if next(self._takes) % self.REFILL_EVERY == 0:
+            for _ in range(self.RELEASES_PER_REFILL):
+                time.sleep(0)  # releases the GIL and takes it back, like a short sqlite3 call
+        return super().take_held()
 
 
 def with_free(*steps: str):
