@@ -141,7 +141,15 @@ def run_worker(worker_name: str, queue_names: list[str], burst: bool) -> None:
         fail(str(exc))
     connection = connect(context.config.redis_url, socket_timeout_s=30)
     worker = ResilientWorker(queue_names, name=worker_name, connection=connection, worker_ttl=WORKER_TTL_S)
-    worker.work(burst=burst, logging_level="INFO")
+    try:
+        worker.work(burst=burst, logging_level="INFO")
+    except RedisError as exc:
+        # RQ waits out a Redis outage while it listens, but not one during its other writes,
+        # such as deregistering on the way out when Redis stopped first. One line, not RQ's
+        # traceback; the registration expires by itself, and the supervisor restarts this
+        # process unless it is stopping.
+        log.warning("worker %s ended: Redis unavailable (%s)", worker_name, type(exc).__name__)
+        raise SystemExit(1) from None
 
 
 def _start(queue_names: list[str], burst: bool) -> multiprocessing.Process:

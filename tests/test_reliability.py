@@ -264,6 +264,20 @@ def test_sigterm_while_a_worker_restarts_stops_everything(stack):
     assert_stays(lambda: not processes_with_config(stack.config_path), for_s=3, message="no worker left")
 
 
+def test_a_stop_after_redis_has_gone_ends_with_one_line(stack):
+    """A worker stopped after its Redis has gone (./run.sh's private Redis used to stop first
+    on Ctrl-C) cannot deregister: it says so in one line, not RQ's traceback."""
+    stack.start_workers("--workers", "0", "--instant-workers", "1", count=1)
+    stack.stop_redis()
+    stack.workers.send_signal(signal.SIGTERM)
+    stack.workers.wait(timeout=30)
+    assert stack.workers.returncode == 0
+    stack.workers = None
+    log = stack.log_path.read_text()
+    assert "Traceback" not in log
+    assert "ended: Redis unavailable (ConnectionError)" in log
+
+
 def processes_with_config(config_path: Path) -> list[int]:
     """Live processes started with HITOKOTO_CONFIG=config_path (a test's own workers)."""
     wanted = f"HITOKOTO_CONFIG={config_path}".encode()
