@@ -1,22 +1,39 @@
 """A private redis-server for `./run.sh` when no REDIS_URL is configured.
 
-`python -m hitokoto.embedded_redis` replaces itself with redis-server (so the process
-manager's signals reach Redis directly), bound to 127.0.0.1 on EMBEDDED_REDIS_PORT, with
-its snapshot in data/redis/ so queued jobs survive a restart.
+`python -m hitokoto.embedded_redis` runs redis-server bound to 127.0.0.1 on
+EMBEDDED_REDIS_PORT, with its snapshot in data/redis/ so queued jobs survive a restart.
+
+It stops last. On Ctrl-C the process manager (honcho) signals every process at once, and a
+redis-server that got the signal stopped in milliseconds, before the RQ workers had
+deregistered or recorded the job they were finishing, which then failed on their way out.
+So redis-server runs in a process group of its own, and this process, on SIGTERM or SIGINT,
+keeps it serving until the service's other clients have left (at most STOP_GRACE_S, within
+the 5 s honcho waits before it kills what is left), then stops it. Should this process be
+killed, the kernel stops redis-server with it (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import RedisError
 
 PORT_ENV = "EMBEDDED_REDIS_PORT"
 DATA_DIR_ENV = "EMBEDDED_REDIS_DIR"
 # Where ./run.sh leaves the private Redis's URL, for batch.py run by hand or from cron.
 URL_FILE = Path("data/redis/url")
+# How long a stopping Redis waits for the web and worker processes to disconnect.
+STOP_GRACE_S = 3.0
+_PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
 
 
 def find_redis_server() -> str | None:
@@ -63,7 +80,40 @@ def main() -> None:
     data_dir = Path(os.environ.get(DATA_DIR_ENV, "data/redis")).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     port = int(os.environ[PORT_ENV])
-    os.execv(binary, server_command(binary, port, data_dir))
+    stop_requested = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: stop_requested.append(received))
+    server = subprocess.Popen(
+        server_command(binary, port, data_dir), process_group=0, preexec_fn=_stop_with_parent
+    )
+    while server.poll() is None and not stop_requested:
+        time.sleep(0.1)
+    if server.poll() is None:
+        wait_for_clients_to_leave(port, STOP_GRACE_S)
+        server.terminate()  # redis-server writes its snapshot and exits
+    status = server.wait()
+    raise SystemExit(status if status >= 0 else 128 - status)  # killed by a signal: 128 + its number
+
+
+def wait_for_clients_to_leave(port: int, grace_s: float) -> None:
+    """Return once no client but this one is connected to the Redis on `port`, or after grace_s."""
+    deadline = time.monotonic() + grace_s
+    client = Redis(port=port, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        own_id = client.client_id()
+        while time.monotonic() < deadline:
+            if all(int(entry["id"]) == own_id for entry in client.client_list()):
+                return
+            time.sleep(0.05)
+    except RedisError:
+        return  # not answering: nothing to wait for
+    finally:
+        client.close()
+
+
+def _stop_with_parent() -> None:
+    """In the forked child before redis-server starts: SIGTERM it if this process dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 if __name__ == "__main__":

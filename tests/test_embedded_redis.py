@@ -1,7 +1,9 @@
 """The private redis-server that ./run.sh starts (`python -m hitokoto.embedded_redis`):
-queued jobs outlive a restart, and a snapshot that cannot be written does not stop the queue."""
+queued jobs outlive a restart, a snapshot that cannot be written does not stop the queue, and
+on a stop it serves its clients until they have left (within a grace), so it stops last."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,7 @@ from rq import Queue
 from hitokoto.embedded_redis import DATA_DIR_ENV, PORT_ENV, find_redis_server
 from hitokoto.queues import BATCH_JOB, BATCH_QUEUE
 from tests.conftest import PROJECT_DIR
-from tests.helpers import free_port, redis_answers, wait_until
+from tests.helpers import assert_stays, free_port, redis_answers, wait_until
 
 pytestmark = pytest.mark.skipif(find_redis_server() is None, reason="no redis-server to embed")
 
@@ -79,3 +81,33 @@ def test_a_snapshot_that_cannot_be_written_does_not_stop_the_queue(embedded):
     assert connection.info("persistence")["rdb_last_bgsave_status"] == "err"
     enqueue_batch_job(connection)
     assert queued_batch_jobs(connection) == 2
+
+
+def test_a_stopped_redis_serves_its_clients_until_they_leave(embedded):
+    """On Ctrl-C honcho signals every process at once; the workers still write to Redis on
+    their way out (deregistering, the job they were finishing), so Redis must stop last."""
+    connection = embedded.start()
+    embedded.process.send_signal(signal.SIGTERM)
+    assert_stays(lambda: connection.ping(), for_s=1, message="Redis serving a client still connected")
+    connection.set("written-while-stopping", "yes")
+    connection.close()
+    assert embedded.process.wait(timeout=10) == 0
+    assert not redis_answers(embedded.url)
+    assert embedded.start().get("written-while-stopping") == b"yes"  # in the snapshot it wrote
+
+
+def test_a_client_that_stays_does_not_keep_a_stopped_redis_up(embedded):
+    connection = embedded.start()
+    connection.ping()
+    embedded.process.send_signal(signal.SIGTERM)
+    assert embedded.process.wait(timeout=10) == 0
+    assert not redis_answers(embedded.url)
+
+
+def test_redis_server_stops_when_its_parent_is_killed(embedded):
+    """honcho kills what is left after 5 s; redis-server runs in a process group of its own,
+    so it must not outlive the process honcho kills."""
+    embedded.start()
+    embedded.process.kill()
+    embedded.process.wait(timeout=10)
+    wait_until(lambda: not redis_answers(embedded.url), message="redis-server to stop with its parent")

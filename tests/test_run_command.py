@@ -106,6 +106,7 @@ def test_first_run_without_redis_or_key_serves_and_stops_cleanly(project_copy, t
         stop_run_command(process, project_copy)
     assert not _answers(url)
     assert not redis_answers(f"redis://127.0.0.1:{redis_port}/0")
+    assert "Traceback" not in log_path.read_text()
 
 
 def test_with_redis_url_nothing_embedded_starts(project_copy, tmp_path, redis_url):
@@ -163,6 +164,8 @@ def test_the_printed_batch_command_fills_the_pool_that_the_service_serves(projec
         assert body["source"] == "batch" and body["recycled"] is False
     finally:
         stop_run_command(process, project_copy)
+    # The workers deregistered before their Redis stopped, so none of them failed on the way out.
+    assert "Traceback" not in log_path.read_text()
 
 
 def test_a_port_in_use_stops_start_up_with_one_line(project_copy, tmp_path):
