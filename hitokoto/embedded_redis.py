@@ -7,9 +7,9 @@ It stops last. On Ctrl-C the process manager (honcho) signals every process at o
 redis-server that got the signal stopped in milliseconds, before the RQ workers had
 deregistered or recorded the job they were finishing, which then failed on their way out.
 So redis-server runs in a process group of its own, and this process, on SIGTERM or SIGINT,
-keeps it serving until the service's other clients have left (at most STOP_GRACE_S, within
-the 5 s honcho waits before it kills what is left), then stops it. Should this process be
-killed, the kernel stops redis-server with it (PR_SET_PDEATHSIG).
+keeps it serving until the service's other clients have left (at most STOP_GRACE_S), then
+stops it, all within the 5 s honcho waits before it kills what is left. Should this process
+be killed, the kernel kills redis-server with it (PR_SET_PDEATHSIG), as honcho's kill did.
 """
 
 from __future__ import annotations
@@ -31,8 +31,12 @@ PORT_ENV = "EMBEDDED_REDIS_PORT"
 DATA_DIR_ENV = "EMBEDDED_REDIS_DIR"
 # Where ./run.sh leaves the private Redis's URL, for batch.py run by hand or from cron.
 URL_FILE = Path("data/redis/url")
-# How long a stopping Redis waits for the web and worker processes to disconnect.
-STOP_GRACE_S = 3.0
+# How long a stopping Redis waits for the web and worker processes to disconnect...
+STOP_GRACE_S = 2.5
+# ...and then for redis-server to write its snapshot and exit. One that cannot write it
+# (full disk) refuses to exit on SIGTERM, and is killed: the snapshot only carries queued
+# jobs and rate-limit windows over a restart.
+SNAPSHOT_WAIT_S = 1.5
 _PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
 
 
@@ -91,6 +95,11 @@ def main() -> None:
     if server.poll() is None:
         wait_for_clients_to_leave(port, STOP_GRACE_S)
         server.terminate()  # redis-server writes its snapshot and exits
+        try:
+            server.wait(timeout=SNAPSHOT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            print("hitokoto: Redis could not write its snapshot; stopped without it", file=sys.stderr)
+            server.kill()
     status = server.wait()
     raise SystemExit(status if status >= 0 else 128 - status)  # killed by a signal: 128 + its number
 
@@ -112,8 +121,8 @@ def wait_for_clients_to_leave(port: int, grace_s: float) -> None:
 
 
 def _stop_with_parent() -> None:
-    """In the forked child before redis-server starts: SIGTERM it if this process dies."""
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    """In the forked child before redis-server starts: kill it if this process dies."""
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 if __name__ == "__main__":

@@ -81,6 +81,11 @@ def test_a_snapshot_that_cannot_be_written_does_not_stop_the_queue(embedded):
     assert connection.info("persistence")["rdb_last_bgsave_status"] == "err"
     enqueue_batch_job(connection)
     assert queued_batch_jobs(connection) == 2
+    # Without its snapshot redis-server refuses to exit on SIGTERM; a stop still ends it.
+    connection.close()
+    embedded.process.send_signal(signal.SIGTERM)
+    embedded.process.wait(timeout=10)
+    assert not redis_answers(embedded.url)
 
 
 def test_a_stopped_redis_serves_its_clients_until_they_leave(embedded):
